@@ -1,0 +1,1 @@
+"""DALI sandwich-triplet pipeline over frame-indexed video shards, and reference loaders."""

@@ -1,0 +1,107 @@
+"""Command line of the sharder (``python -m shards`` / ``make shards``)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shards.config import ShardsConfig
+from shards.job import run_job
+from shards.sample import build_sample
+from shards.sources import discover
+
+DEFAULT_SAMPLE_ROOT = "data/sample_kinetics"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _csv_list(text: str) -> list[str]:
+    return [s for s in (p.strip() for p in text.split(",")) if s]
+
+
+def parse_args(argv: list[str] | None) -> ShardsConfig:
+    """Flags -> a validated ShardsConfig (ValueError on a bad value)."""
+    d = ShardsConfig()
+    p = _Parser(prog="python -m shards", description="Video collection -> frame-indexed WebDataset shards.")
+    p.add_argument("--data", choices=["kinetics", "folder", "sample"], default=d.data)
+    p.add_argument("--root", default=None, help="collection root (DATA=sample: where the sample tree is built)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--csv", type=_csv_list, default=[], help="annotation CSV(s), comma separated")
+    p.add_argument("--splits", type=_csv_list, default=[], help="splits to shard (default: all found)")
+    p.add_argument("--fps", type=float, default=d.fps, help="output frame rate; 0 keeps the source rate")
+    p.add_argument("--size", type=int, default=d.size, help="short side in pixels")
+    p.add_argument("--quality", type=int, default=d.quality, help="JPEG quality")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0: all cores)")
+    p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="target shard size in MB")
+    p.add_argument("--max-per-shard", type=int, default=d.max_per_shard, help="at most this many clips a shard")
+    p.add_argument("--min-frames", type=int, default=d.min_frames, help="reject clips with fewer output frames")
+    p.add_argument("--limit", type=int, default=d.limit, help="first N clips of each split (0: all)")
+    a = p.parse_args(argv)
+    cfg = ShardsConfig(
+        data=a.data, root=a.root, out=a.out, csv=a.csv, splits=a.splits, fps=a.fps, size=a.size,
+        quality=a.quality, workers=a.workers, shard_mb=a.shard_mb, max_per_shard=a.max_per_shard,
+        min_frames=a.min_frames, limit=a.limit,
+    )
+    if cfg.data == "sample" and not cfg.root:
+        cfg.root = DEFAULT_SAMPLE_ROOT
+    cfg.validate()
+    return cfg
+
+
+def summary_table(card: dict) -> Table:
+    """Per-split figures of a finished job."""
+    t = Table(title="shards")
+    for col in ("split", "samples", "shards", "missing", "rejected", "frames", "hours", "MB", "KB/clip-s"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    for split, s in card["splits"].items():
+        kbps = s["bytes"] / 1000 / s["seconds"] if s["seconds"] else 0.0
+        t.add_row(split, str(s["samples"]), str(len(s["shards"])), str(s["missing"]), str(s["rejected"]),
+                  str(s["frames"]), f"{s['seconds'] / 3600:.3f}", f"{s['bytes'] / 2**20:.1f}", f"{kbps:.0f}")
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a sharding job; returns the exit code."""
+    console = Console(stderr=True)
+    try:
+        cfg = parse_args(argv)
+        if cfg.data == "sample":
+            build_sample(cfg.root)
+        splits = discover("kinetics" if cfg.data == "sample" else cfg.data, cfg.root, cfg.csv, cfg.splits, cfg.limit)
+        if not splits:
+            raise ValueError(f"ROOT {cfg.root}: no splits found")
+        card = run_job(cfg, splits, console=console)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"error: disk full while writing {exc.filename or cfg.out}; free space and re-run the same "
+                  "command to resume", file=sys.stderr)
+            return 1
+        raise
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    run = card["_run"]
+    console.print(summary_table(card))
+    rejected = sum(s["rejected"] for s in card["splits"].values())
+    missing = sum(s["missing"] for s in card["splits"].values())
+    console.print(
+        f"{run['elapsed_s']:.1f}s with {run['workers']} workers ({run['skipped_shards']} shards already done); "
+        f"{rejected} rejected (see {Path(cfg.out) / 'rejected.parquet'}), {missing} listed but missing "
+        f"(see {Path(cfg.out) / 'missing.parquet'}); shards in {cfg.out}"
+    )
+    return 0

@@ -1,0 +1,222 @@
+"""A sharding job: plan shards, run the shard tasks in worker processes, write the manifests.
+
+The plan (which clips go to which shard) is fixed before any shard is written and saved as
+``OUT/plan.json``; a re-run of the same command reuses it, skips finished shards and redoes
+unfinished ones, so the output is the same whatever WORKERS is and however often the job was
+interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import statistics
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards import FORMAT_VERSION, __version__
+from shards.config import ShardsConfig
+from shards.encode import ClipRejected, encode_clip
+from shards.progress import JobProgress
+from shards.shard import EncodeSettings, ShardTask, atomic_write, run_shard, shard_is_finished
+from shards.sources import SplitSources
+
+CALIBRATION_CLIPS = 3
+
+
+def estimate_clip_bytes(splits: list[SplitSources], settings: EncodeSettings) -> float:
+    """Median encoded bytes of the first few decodable clips (deterministic: sorted order)."""
+    sizes = []
+    for src in splits:
+        for clip in src.clips:
+            if len(sizes) >= CALIBRATION_CLIPS:
+                break
+            try:
+                enc = encode_clip(clip.path, settings.size, settings.quality, settings.fps, 1)
+            except ClipRejected:
+                continue
+            sizes.append(len(enc.mjpeg) + 2048)
+    return statistics.median(sizes) if sizes else 1.0
+
+
+def make_plan(cfg: ShardsConfig, splits: list[SplitSources], settings: EncodeSettings) -> dict[str, Any]:
+    """Cut every split into shards of about SHARD_MB (and at most MAX_PER_SHARD clips)."""
+    per_clip = estimate_clip_bytes(splits, settings)
+    per_shard = max(1, math.floor(cfg.shard_mb * 2**20 / per_clip))
+    if cfg.max_per_shard:
+        per_shard = min(per_shard, cfg.max_per_shard)
+    plan: dict[str, Any] = {"settings": cfg.output_settings(), "clips_per_shard": per_shard, "splits": {}}
+    for src in splits:
+        groups = [src.clips[i : i + per_shard] for i in range(0, len(src.clips), per_shard)]
+        plan["splits"][src.split] = [
+            {"name": f"{src.split}-{n:06d}", "keys": [c.key for c in g]} for n, g in enumerate(groups)
+        ]
+    return plan
+
+
+def load_or_make_plan(cfg: ShardsConfig, out: Path, splits: list[SplitSources], settings: EncodeSettings) -> dict:
+    """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one."""
+    path = out / "plan.json"
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        if plan.get("settings") != cfg.output_settings():
+            raise ValueError(
+                f"OUT {out} was written with other settings ({plan.get('settings')}); use a new OUT or remove it"
+            )
+        for src in splits:
+            planned = [k for shard in plan["splits"].get(src.split, []) for k in shard["keys"]]
+            if planned != [c.key for c in src.clips]:
+                raise ValueError(f"OUT {out}: the clips of split '{src.split}' changed since it was planned; use a new OUT")
+        return plan
+    plan = make_plan(cfg, splits, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(plan, indent=1).encode())
+    return plan
+
+
+def build_tasks(plan: dict, splits: list[SplitSources], settings: EncodeSettings, labels: dict[str, int]) -> list[ShardTask]:
+    """The shard tasks of a plan, in plan order."""
+    tasks = []
+    for src in splits:
+        by_key = {c.key: c for c in src.clips}
+        for shard in plan["splits"][src.split]:
+            clips = [by_key[k] for k in shard["keys"]]
+            tasks.append(ShardTask(src.split, shard["name"], clips, settings, labels))
+    return tasks
+
+
+_events: Any = None
+
+
+def _init_worker(events: Any) -> None:
+    global _events
+    _events = events
+
+
+def _run_in_worker(task: ShardTask, split_dir: str) -> dict[str, Any]:
+    return run_shard(task, Path(split_dir), _events.put)
+
+
+def run_tasks(tasks: list[ShardTask], out: Path, workers: int, progress: JobProgress) -> dict[str, dict]:
+    """Run unfinished tasks on ``workers`` processes; returns stats by shard name."""
+    done: dict[str, dict] = {}
+    todo = []
+    for task in tasks:
+        split_dir = out / task.split
+        for stale in (split_dir / f"{task.name}.tar.partial",):
+            stale.unlink(missing_ok=True)
+        stats = shard_is_finished(split_dir, task.name)
+        if stats is None:
+            todo.append(task)
+        else:
+            done[task.name] = stats
+            progress.skip(len(task.clips), stats)
+    if not todo:
+        return done
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(events,)) as pool:
+        futures = {pool.submit(_run_in_worker, t, str(out / t.split)): t for t in todo}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(events, progress)
+                for fut in finished:
+                    done[futures[fut].name] = fut.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a worker process died (out of memory or a crash in a decoder); "
+                               "re-run the same command to resume") from None
+        _drain(events, progress)
+    return done
+
+
+def _drain(events: Any, progress: JobProgress) -> None:
+    while True:
+        try:
+            progress.clip(events.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _write_table(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("label", pa.string()), ("label_id", pa.int64()),
+    ("num_frames", pa.int64()), ("fps", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
+    ("bytes", pa.int64()), ("source", pa.string()), ("duration_s", pa.float64()),
+])
+REJECTED_SCHEMA = pa.schema([
+    ("split", pa.string()), ("key", pa.string()), ("source", pa.string()),
+    ("stage", pa.string()), ("reason", pa.string()),
+])
+MISSING_SCHEMA = pa.schema([
+    ("split", pa.string()), ("key", pa.string()), ("label", pa.string()), ("youtube_id", pa.string()),
+])
+
+
+def finalize(cfg: ShardsConfig, out: Path, plan: dict, splits: list[SplitSources],
+             stats: dict[str, dict], labels: dict[str, int]) -> dict[str, Any]:
+    """Write manifests, labels.json, rejected/missing tables and the dataset card."""
+    card: dict[str, Any] = {
+        "format": "frame-indexed-webdataset", "format_version": FORMAT_VERSION, "tool_version": __version__,
+        "settings": cfg.output_settings(), "components": ["mjpeg", "offsets", "json"],
+        "offsets_dtype": "<i8", "num_classes": len(labels), "splits": {},
+    }
+    rejected, missing = [], []
+    for src in splits:
+        names = [s["name"] for s in plan["splits"][src.split]]
+        rows = [r for n in names for r in stats[n]["rows"]]
+        rejected += [r for n in names for r in stats[n]["rejects"]]
+        missing += src.missing
+        _write_table(rows, out / src.split / "manifest.parquet", MANIFEST_SCHEMA)
+        shard_list = [{"tar": stats[n]["shard"], "index": stats[n]["index"], "samples": stats[n]["samples"],
+                       "bytes": stats[n]["tar_bytes"]} for n in names if stats[n]["samples"]]
+        card["splits"][src.split] = {
+            "samples": len(rows), "listed": len(src.clips) + len(src.missing), "found": len(src.clips),
+            "missing": len(src.missing), "rejected": sum(stats[n]["rejected"] for n in names),
+            "unlisted_files": src.unlisted, "duplicate_files": len(src.duplicates),
+            "frames": sum(r["num_frames"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
+            "seconds": sum(r["duration_s"] for r in rows), "shards": shard_list,
+        }
+    _write_table(rejected, out / "rejected.parquet", REJECTED_SCHEMA)
+    _write_table(missing, out / "missing.parquet", MISSING_SCHEMA)
+    atomic_write(out / "labels.json", json.dumps(labels, indent=1, sort_keys=True).encode())
+    atomic_write(out / "dataset.json", json.dumps(card, indent=1).encode())
+    return card
+
+
+def label_map(splits: list[SplitSources]) -> dict[str, int]:
+    """One sorted label -> id map shared by all splits (unlabelled clips get -1)."""
+    names = sorted({c.label for s in splits for c in s.clips} | {m["label"] for s in splits for m in s.missing})
+    return {name: i for i, name in enumerate(n for n in names if n)}
+
+
+def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict[str, Any]:
+    """Plan, encode and write everything; returns the dataset card."""
+    out = Path(cfg.out)
+    settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames)
+    plan = load_or_make_plan(cfg, out, splits, settings)
+    labels = label_map(splits)
+    tasks = build_tasks(plan, splits, settings, labels)
+    with JobProgress(sum(len(t.clips) for t in tasks), console=console) as progress:
+        stats = run_tasks(tasks, out, cfg.num_workers, progress)
+    card = finalize(cfg, out, plan, splits, stats, labels)
+    card["_run"] = {"elapsed_s": progress.elapsed, "skipped_shards": progress.skipped_shards,
+                    "workers": cfg.num_workers, "clip_rate": progress.clip_rate, "mb_rate": progress.mb_rate}
+    return card
+

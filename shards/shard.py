@@ -1,0 +1,154 @@
+"""One shard task: encode a fixed list of clips and write the shard, its index and stats.
+
+A task writes ``<name>.tar.partial``, then the index, renames the tar into place, and writes
+``<name>.stats.json`` last. The stats file is the "finished" marker: a shard without it is
+redone from scratch on resume, so a half-written shard never looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards import FORMAT_VERSION
+from shards.encode import ClipRejected, EncodedClip, encode_clip
+from shards.sources import Clip
+from shards.tario import ShardTarWriter, index_text
+
+
+@dataclass
+class EncodeSettings:
+    """What every clip of a job is encoded with."""
+
+    size: int
+    quality: int
+    fps: float
+    min_frames: int
+
+
+@dataclass
+class ShardTask:
+    """A deterministic unit of work: one output shard from a fixed list of clips."""
+
+    split: str
+    name: str  # e.g. "train-000003"
+    clips: list[Clip]
+    settings: EncodeSettings
+    label_ids: dict[str, int] = field(default_factory=dict)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def sample_metadata(clip: Clip, enc: EncodedClip, label_id: int, settings: EncodeSettings) -> dict[str, Any]:
+    """The ``<key>.json`` component of a sample."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "key": clip.key,
+        "label": clip.label,
+        "label_id": label_id,
+        "split": clip.split,
+        "source": clip.source,
+        "youtube_id": clip.youtube_id,
+        "time_start": clip.time_start,
+        "time_end": clip.time_end,
+        "fps": enc.fps,
+        "num_frames": enc.num_frames,
+        "width": enc.width,
+        "height": enc.height,
+        "quality": settings.quality,
+        "source_fps": enc.source_fps,
+        "source_frames": enc.source_frames,
+        "source_width": enc.source_width,
+        "source_height": enc.source_height,
+        "source_codec": enc.source_codec,
+        "source_rotation": enc.rotation,
+    }
+
+
+def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) -> dict[str, Any]:
+    """Encode the task's clips and write its shard; returns the stats also saved to disk.
+
+    ``report`` receives one event per clip: ``{"split", "ok", "bytes", "frames"}``.
+    """
+    split_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = split_dir / f"{task.name}.tar"
+    partial = split_dir / f"{task.name}.tar.partial"
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, str]] = []
+    with open(partial, "wb") as fh:
+        writer = ShardTarWriter(fh)
+        for clip in task.clips:
+            try:
+                enc = encode_clip(clip.path, task.settings.size, task.settings.quality,
+                                  task.settings.fps, task.settings.min_frames)
+            except ClipRejected as rej:
+                rejects.append({"split": task.split, "key": clip.key, "source": clip.source,
+                                "stage": rej.stage, "reason": rej.reason})
+                report({"split": task.split, "ok": False, "bytes": 0, "frames": 0})
+                continue
+            label_id = task.label_ids.get(clip.label, -1)
+            meta = sample_metadata(clip, enc, label_id, task.settings)
+            writer.write(clip.key, {
+                "mjpeg": enc.mjpeg,
+                "offsets": enc.offsets.tobytes(),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            })
+            rows.append({
+                "key": clip.key, "shard": f"{task.name}.tar", "label": clip.label, "label_id": label_id,
+                "num_frames": enc.num_frames, "fps": enc.fps, "width": enc.width, "height": enc.height,
+                "bytes": len(enc.mjpeg), "source": clip.source,
+                "duration_s": enc.num_frames / enc.fps,
+            })
+            report({"split": task.split, "ok": True, "bytes": len(enc.mjpeg), "frames": enc.num_frames})
+        writer.close()
+        fh.flush()
+        os.fsync(fh.fileno())
+    stats = {
+        "shard": f"{task.name}.tar" if rows else None,
+        "index": f"{task.name}.idx" if rows else None,
+        "samples": len(rows),
+        "clips": len(task.clips),
+        "rejected": len(rejects),
+        "frames": sum(r["num_frames"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "tar_bytes": partial.stat().st_size if rows else 0,
+        "rows": rows,
+        "rejects": rejects,
+    }
+    if rows:
+        atomic_write(split_dir / f"{task.name}.idx", index_text(writer.samples).encode())
+        os.replace(partial, tar_path)
+    else:
+        partial.unlink()
+    atomic_write(split_dir / f"{task.name}.stats.json", json.dumps(stats, indent=1).encode())
+    return stats
+
+
+def shard_is_finished(split_dir: Path, name: str) -> dict[str, Any] | None:
+    """The stats of a finished shard, or None if it must be (re)done."""
+    stats_path = split_dir / f"{name}.stats.json"
+    if not stats_path.is_file():
+        return None
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if stats.get("samples"):
+        tar = split_dir / f"{name}.tar"
+        if not tar.is_file() or tar.stat().st_size != stats.get("tar_bytes"):
+            return None
+        if not (split_dir / f"{name}.idx").is_file():
+            return None
+    return stats

@@ -1,0 +1,31 @@
+"""Shared fixtures: the embedded sample collection and its shards, built once per test run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shards.cli import main as shards_main
+from shards.sample import build_sample
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample collection in Kinetics layout (CSV + class folders + broken files)."""
+    return build_sample(tmp_path_factory.mktemp("sample") / "kinetics")
+
+
+@pytest.fixture(scope="session")
+def sample_shards(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards of the sample collection at the default settings, 4 clips a shard.
+
+    Layout: ``<dir>/<split>/<split>-%06d.tar`` + ``.idx`` + ``manifest.parquet``, and
+    ``dataset.json``, ``labels.json``, ``rejected.parquet`` at the top.
+    """
+    out = tmp_path_factory.mktemp("shards") / "sample"
+    code = shards_main(["--data", "kinetics", "--root", str(sample_root), "--out", str(out),
+                        "--max-per-shard", "4", "--workers", "2"])
+    if code != 0:
+        raise RuntimeError(f"building the sample shards failed with exit code {code}")
+    return out
