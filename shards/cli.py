@@ -72,6 +72,8 @@ def summary_table(card: dict) -> Table:
 def main(argv: list[str] | None = None) -> int:
     """Run a sharding job; returns the exit code."""
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 140
     try:
         cfg = parse_args(argv)
         if cfg.data == "sample":

@@ -19,7 +19,7 @@ class ShardsConfig:
     out: str = "data/sample_shards"
     csv: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # empty: every split found
-    fps: float = 8.0  # output frame rate; 0 keeps the source rate
+    fps: float = 3.0  # output frame rate; 0 keeps the source rate (see README: bytes vs frames)
     size: int = 256  # short side in pixels
     quality: int = 90  # JPEG quality
     workers: int = 0  # 0: all cores

@@ -83,8 +83,12 @@ def find_csvs(root: Path, explicit: list[str]) -> list[Path]:
     raise ValueError(f"ROOT {root}: no annotation CSV in {root}/annotations/ or {root}/ (give CSV=...)")
 
 
-def split_name(csv_path: Path) -> str:
-    """Split name from a CSV file name: ``kinetics400_val.csv`` -> ``val``."""
+def split_name(csv_path: Path, rows: list[dict[str, str]]) -> str:
+    """The split's name: the CSV's ``split`` column when it names one split, else from the file
+    name (``kinetics400_val.csv`` -> ``val``)."""
+    values = {(r.get("split") or "").strip() for r in rows} - {""}
+    if len(values) == 1:
+        return values.pop()
     return re.sub(r"^kinetics\d*_", "", csv_path.stem)
 
 
@@ -102,19 +106,18 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
         raise ValueError(f"CSV {csv_path}: not UTF-8 text") from None
 
 
-def _split_folder(root: Path, split: str, rows: list[dict[str, str]]) -> Path | None:
-    values = {r.get("split", "").strip() for r in rows} - {""}
-    for name in [split, *sorted(values), f"videos_{split}"]:
+def _split_folder(root: Path, split: str, csv_path: Path) -> Path | None:
+    stem = re.sub(r"^kinetics\d*_", "", csv_path.stem)
+    for name in [split, stem, f"videos_{split}", f"videos_{stem}"]:
         if (root / name).is_dir():
             return root / name
     return None
 
 
-def _kinetics_split(root: Path, csv_path: Path, limit: int) -> SplitSources:
-    split = split_name(csv_path)
-    rows = _read_rows(csv_path)
+def _kinetics_split(root: Path, csv_path: Path, rows: list[dict[str, str]], limit: int) -> SplitSources:
+    split = split_name(csv_path, rows)
     out = SplitSources(split)
-    folder = _split_folder(root, split, rows)
+    folder = _split_folder(root, split, csv_path)
     by_stem: dict[str, Path] = {}
     if folder is not None:
         for path in _video_files(folder):
@@ -182,13 +185,12 @@ def discover(data: str, root: str, csvs: list[str], splits: list[str], limit: in
             if s not in names:
                 raise ValueError(f"split '{s}': no folder {root_path / s}")
         return [_folder_split(root_path, s, limit) for s in chosen]
-    result = []
-    csv_paths = find_csvs(root_path, csvs)
-    known = [split_name(p) for p in csv_paths]
+    tables = [(p, _read_rows(p)) for p in find_csvs(root_path, csvs)]
+    known = [split_name(p, rows) for p, rows in tables]
     for s in splits:
         if s not in known:
             raise ValueError(f"split '{s}': no annotation CSV for it (found: {', '.join(known)})")
-    for csv_path in csv_paths:
-        if not splits or split_name(csv_path) in splits:
-            result.append(_kinetics_split(root_path, csv_path, limit))
-    return result
+    if len(set(known)) != len(known):
+        raise ValueError(f"ROOT {root}: two annotation CSVs name the same split ({', '.join(known)}); give CSV=...")
+    return [_kinetics_split(root_path, p, rows, limit) for (p, rows), name in zip(tables, known)
+            if not splits or name in splits]

@@ -1,0 +1,152 @@
+"""``python -m shards.inspect OUT [--verify]``: what a shards directory holds, and whether it is sound.
+
+The summary comes from the dataset card and manifests. ``--verify`` reads every shard: each
+index entry must point at the tar member of that name, each offsets table must cover its
+``.mjpeg`` exactly, each JSON must agree with the offsets and the manifest, and every frame
+must decode as a JPEG of the recorded size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from shards import FORMAT_VERSION
+from shards.tario import read_index
+
+
+def load_card(out: Path) -> dict[str, Any]:
+    """The dataset card; ValueError if OUT is not a finished shards directory."""
+    path = out / "dataset.json"
+    if not path.is_file():
+        raise ValueError(f"{out}: no dataset.json (not a shards directory, or the job has not finished)")
+    card = json.loads(path.read_text())
+    if card.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {card.get('format_version')} is not {FORMAT_VERSION}")
+    return card
+
+
+def summary(out: Path) -> list[Table]:
+    """Per-split table (clips, classes, frames, hours, bytes, bytes per clip-second) and rejects by reason."""
+    card = load_card(out)
+    rejected = pq.read_table(out / "rejected.parquet").to_pylist()
+    t = Table(title=f"shards in {out}")
+    for col in ("split", "clips", "classes", "frames", "hours", "GB", "KB/clip-s", "shards", "missing", "rejected"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for split, s in card["splits"].items():
+        manifest = pq.read_table(out / split / "manifest.parquet").to_pylist()
+        classes = len({r["label"] for r in manifest if r["label"]})
+        kbps = s["bytes"] / 1000 / s["seconds"] if s["seconds"] else 0.0
+        t.add_row(split, str(len(manifest)), str(classes), str(s["frames"]), f"{s['seconds'] / 3600:.3f}",
+                  f"{s['bytes'] / 1e9:.3f}", f"{kbps:.0f}", str(len(s["shards"])), str(s["missing"]),
+                  str(s["rejected"]))
+    r = Table(title="rejects by reason")
+    for col in ("split", "stage", "reason", "clips"):
+        r.add_column(col)
+    reasons = Counter((x["split"], x["stage"], x["reason"].split(" (")[0].split(":")[0]) for x in rejected)
+    for (split, stage, reason), n in sorted(reasons.items()):
+        r.add_row(split, stage, reason, str(n))
+    return [t, r] if reasons else [t]
+
+
+def _verify_sample(tar_path: Path, key: str, parts: dict[str, bytes], row: dict[str, Any]) -> int:
+    """Check one sample's components; returns its frame count. Raises ValueError."""
+    where = f"{tar_path.name}:{key}"
+    for ext in ("mjpeg", "offsets", "json"):
+        if ext not in parts:
+            raise ValueError(f"{where}: no .{ext} component")
+    offsets = np.frombuffer(parts["offsets"], dtype="<i8")
+    mjpeg = parts["mjpeg"]
+    meta = json.loads(parts["json"])
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(mjpeg) or np.any(np.diff(offsets) <= 0):
+        raise ValueError(f"{where}: offsets do not partition the {len(mjpeg)}-byte .mjpeg")
+    n = len(offsets) - 1
+    for field, expect in (("num_frames", n), ("key", key), ("label", row["label"]), ("width", row["width"])):
+        if meta.get(field) != expect:
+            raise ValueError(f"{where}: json {field}={meta.get(field)!r}, expected {expect!r}")
+    for i in range(n):
+        img = Image.open(io.BytesIO(mjpeg[offsets[i]:offsets[i + 1]]))
+        img.load()
+        if img.format != "JPEG" or img.size != (meta["width"], meta["height"]):
+            raise ValueError(f"{where}: frame {i} is {img.format} {img.size}, expected JPEG "
+                             f"{(meta['width'], meta['height'])}")
+    return n
+
+
+def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) -> tuple[int, int]:
+    """Verify one shard against its index and the manifest; returns (samples, frames)."""
+    tar_path = split_dir / shard["tar"]
+    index = read_index(split_dir / shard["index"])
+    raw = tar_path.read_bytes()
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as tar:
+        positions = {}
+        for m in tar.getmembers():
+            key, ext = m.name.split(".", 1)
+            positions[m.name] = (m.offset_data, m.size)
+            members.setdefault(key, {})[ext] = raw[m.offset_data:m.offset_data + m.size]
+    if len(index) != len(members) or len(index) != shard["samples"]:
+        raise ValueError(f"{tar_path}: tar has {len(members)} samples, index {len(index)}, card {shard['samples']}")
+    for sample in index:
+        for m in sample:
+            if positions.get(m.name) != (m.offset, m.size):
+                raise ValueError(f"{tar_path}: index entry {m.name} at {m.offset}+{m.size} does not match the tar")
+    frames = 0
+    for key, parts in members.items():
+        if key not in rows:
+            raise ValueError(f"{tar_path}: sample {key} is not in the manifest")
+        frames += _verify_sample(tar_path, key, parts, rows[key])
+    return len(members), frames
+
+
+def verify(out: Path, console: Console) -> None:
+    """Decode every frame of every sample and cross-check tar, index, JSON and manifest."""
+    card = load_card(out)
+    for split, s in card["splits"].items():
+        rows = {r["key"]: r for r in pq.read_table(out / split / "manifest.parquet").to_pylist()}
+        samples = frames = 0
+        for shard in track(s["shards"], description=f"verify {split}", console=console,
+                           disable=not console.is_terminal):
+            n, f = verify_shard(out / split, shard, rows)
+            samples, frames = samples + n, frames + f
+        if samples != len(rows) or frames != s["frames"]:
+            raise ValueError(f"{split}: shards hold {samples} samples / {frames} frames, "
+                             f"manifest and card say {len(rows)} / {s['frames']}")
+        console.print(f"[green]ok[/green] {split}: {samples} samples, {frames} frames decoded")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the summary; with --verify also check everything. Returns the exit code."""
+    p = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.splitlines()[0])
+    p.add_argument("out", help="shards directory (OUT of the sharder)")
+    p.add_argument("--verify", action="store_true", help="decode every frame and cross-check everything")
+    a = p.parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 140
+    try:
+        for table in summary(Path(a.out)):
+            console.print(table)
+        if a.verify:
+            verify(Path(a.out), console)
+    except (ValueError, OSError, tarfile.TarError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
