@@ -11,6 +11,7 @@ class PipelineConfig:
     """What the loader reads and how it samples and augments triplets.
 
     The batch size is not here: the trainer passes ``train.batch_size_per_gpu``.
+    The device is not here either: ``build_loader(device=...)`` decides it.
     """
 
     split: str = "train"
@@ -18,6 +19,7 @@ class PipelineConfig:
     sampling: Literal["sandwich", "gap"] = "sandwich"  # T-CoRe rule, or absolute gap in frames
     gap_min: int = 4
     gap_max: int = 48
+    workload: Literal["tcore", "simple"] = "tcore"  # full T-CoRe views, or one crop per frame
     num_global: int = 2
     num_local: int = 8
     global_size: int = 224
@@ -25,10 +27,26 @@ class PipelineConfig:
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter_p: float = 0.8  # colour jitter: brightness, contrast, saturation, hue
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1  # fraction of the colour circle, as in torchvision
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global view 1, global views 2.., locals
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.2  # global view 2 only
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     num_threads: int = 2
     prefetch: int = 2
     shuffle_buffer: int = 1024
+    range_workers: int = 2  # processes reading byte ranges in read_mode=range
+    hw_decoder_load: float = 0.65  # share of JPEGs sent to the A100/H100 hardware decoder
+    use_mmap: bool = False  # reader maps tars instead of read(); read() keeps I/O accounting honest
+    verify_offsets: bool = True  # read every sample's offsets table at loader start
+    raw_size: int = 0  # debug: also output the 3 frames' top-left raw_size² pixels, un-augmented
     seed: int = 0
 
     def validate(self) -> None:
@@ -39,3 +57,16 @@ class PipelineConfig:
             raise ValueError("pipeline.num_global must be >= 1 and pipeline.num_local >= 0")
         if self.global_size < 16 or self.local_size < 16:
             raise ValueError("pipeline.global_size and pipeline.local_size must be >= 16")
+        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"pipeline.{name}: need 0 < low <= high, got {lo}, {hi}")
+        for name in ("jitter_p", "grayscale_p", "solarize_p", "hw_decoder_load"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"pipeline.{name}: must be in [0, 1], got {getattr(self, name)}")
+        if any(not 0.0 <= p <= 1.0 for p in self.blur_p):
+            raise ValueError(f"pipeline.blur_p: every probability must be in [0, 1], got {self.blur_p}")
+        if self.num_threads < 1 or self.prefetch < 1 or self.shuffle_buffer < 1 or self.range_workers < 1:
+            raise ValueError("pipeline.num_threads, prefetch, shuffle_buffer and range_workers must be >= 1")
+        if self.raw_size < 0:
+            raise ValueError(f"pipeline.raw_size must be >= 0, got {self.raw_size}")

@@ -1,0 +1,155 @@
+"""A split of a shard directory, read from its dataset card and checked before loading.
+
+The dataset card (``dataset.json``) lists every split's shards with their sample counts and tar
+sizes; the loaders trust it instead of globbing. ``open_split`` checks, cheaply and before any
+decoding, that each tar has the size the card says (a truncated tar fails here), that its index
+points at tar members of the right names (read from the 512-byte tar headers) and, when asked,
+that every sample's offsets table is consistent with its ``.mjpeg`` member. Every problem is a
+``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from shards.tario import BLOCK, Member, check_index_against_tar
+
+COMPONENTS = ("mjpeg", "offsets", "json")
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members lie, and what the manifest says about it."""
+
+    key: str
+    tar: str
+    mjpeg_offset: int
+    mjpeg_size: int
+    offsets_offset: int
+    num_frames: int
+    label_id: int
+    source: str
+
+
+@dataclass
+class Split:
+    """The shards of one split, in card order, and their samples in index order."""
+
+    root: Path
+    name: str
+    tars: list[str]
+    indexes: list[str]
+    samples: list[SampleRef]
+    card: dict
+
+    def shard_samples(self) -> list[int]:
+        """Sample count of each shard, in card order."""
+        return [s["samples"] for s in self.card["splits"][self.name]["shards"]]
+
+
+def read_card(root: str | Path) -> dict:
+    """The dataset card of a shard directory; ValueError if it is missing or unreadable."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no dataset card (is {root} a shard directory written by `python -m shards`?)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _check_header(fh, tar: Path, m: Member) -> None:
+    """The tar header right before a member's data must carry the member's name."""
+    head = os.pread(fh, 100, m.offset - BLOCK)
+    name = head.split(b"\0", 1)[0].decode("utf-8", "replace")
+    if name.startswith("././@LongLink"):
+        return
+    if name != m.name:
+        raise ValueError(f"shard {tar}: its index says {m.name} starts at byte {m.offset}, "
+                         f"the tar has '{name}' there (index does not match the tar)")
+
+
+def _check_offsets(fh, tar: Path, members: dict[str, Member]) -> None:
+    """The offsets table must start at 0, increase strictly and end at the mjpeg size."""
+    m = members["offsets"]
+    off = np.frombuffer(os.pread(fh, m.size, m.offset), dtype="<i8")
+    size = members["mjpeg"].size
+    if off[0] != 0 or off[-1] != size or np.any(np.diff(off) <= 0):
+        raise ValueError(f"shard {tar}: sample {m.key} has inconsistent offsets "
+                         f"(first {off[0]}, last {off[-1]}, mjpeg has {size} bytes, "
+                         f"{int(np.sum(np.diff(off) <= 0))} empty or negative frames)")
+
+
+def _sample_members(tar: Path, group: list[Member]) -> dict[str, Member]:
+    members = {m.ext: m for m in group}
+    missing = [c for c in COMPONENTS if c not in members]
+    keys = {m.key for m in group}
+    if missing or len(keys) != 1:
+        raise ValueError(f"shard {tar}: sample {sorted(keys)} lacks {missing} or mixes keys")
+    if members["offsets"].size % 8 or members["offsets"].size < 16:
+        raise ValueError(f"shard {tar}: {members['offsets'].name} has {members['offsets'].size} bytes, "
+                         "not a whole number (>= 2) of int64 offsets")
+    return members
+
+
+def _manifest(split_dir: Path) -> dict[str, dict]:
+    path = split_dir / "manifest.parquet"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing manifest")
+    return {row["key"]: row for row in pq.read_table(path).to_pylist()}
+
+
+def open_split(root: str | Path, split: str, verify_offsets: bool = True) -> Split:
+    """Read and check one split of a shard directory; ValueError naming the bad file."""
+    root = Path(root)
+    card = read_card(root)
+    splits = card.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{root / 'dataset.json'}: no split '{split}' (has {sorted(splits)})")
+    split_dir = root / split
+    manifest = _manifest(split_dir)
+    tars, indexes, samples = [], [], []
+    for shard in splits[split]["shards"]:
+        tar, idx = split_dir / shard["tar"], split_dir / shard["index"]
+        for path in (tar, idx):
+            if not path.is_file():
+                raise ValueError(f"shard {path}: listed in the dataset card but missing")
+        if tar.stat().st_size != shard["bytes"]:
+            raise ValueError(f"shard {tar}: {tar.stat().st_size} bytes, the dataset card says "
+                             f"{shard['bytes']} (truncated or rewritten tar)")
+        groups = check_index_against_tar(idx, tar)
+        if len(groups) != shard["samples"]:
+            raise ValueError(f"index {idx}: {len(groups)} samples, the dataset card says {shard['samples']}")
+        fh = os.open(tar, os.O_RDONLY)
+        try:
+            for group in groups:
+                members = _sample_members(tar, group)
+                if verify_offsets:
+                    for m in members.values():
+                        _check_header(fh, tar, m)
+                    _check_offsets(fh, tar, members)
+                samples.append(_sample_ref(tar, members, manifest))
+        finally:
+            os.close(fh)
+        tars.append(str(tar))
+        indexes.append(str(idx))
+    return Split(root, split, tars, indexes, samples, card)
+
+
+def _sample_ref(tar: Path, members: dict[str, Member], manifest: dict[str, dict]) -> SampleRef:
+    key = members["mjpeg"].key
+    row = manifest.get(key)
+    if row is None:
+        raise ValueError(f"shard {tar}: sample {key} is not in the split's manifest.parquet")
+    num_frames = members["offsets"].size // 8 - 1
+    if row["num_frames"] != num_frames:
+        raise ValueError(f"shard {tar}: sample {key} has {num_frames} offsets entries, "
+                         f"the manifest says {row['num_frames']} frames (inconsistent offsets)")
+    return SampleRef(key, str(tar), members["mjpeg"].offset, members["mjpeg"].size,
+                     members["offsets"].offset, num_frames, int(row["label_id"]), str(row.get("source") or ""))
