@@ -1,0 +1,83 @@
+"""EMA teacher: backbone + DINO head copied from the student, updated by momentum, with centres.
+
+Shapes: global crops ``[C, 3, H, W]`` (C = G * B, crop-major); class logits ``[G, B, K]``;
+patch logits at the mask slots ``[M, K]`` (see ``model/masks.py``). The teacher runs in eval
+mode (no drop-path) and without gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from model.losses import centred_softmax
+from model.masks import MaskBatch
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class Teacher(nn.Module):
+    """EMA copy of the student's backbone and head, plus the two centres."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, n_prototypes: int, centre_momentum: float) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone).eval()
+        self.dino_head = copy.deepcopy(head).eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.centre_momentum = centre_momentum
+        dev = next(self.parameters()).device
+        self.register_buffer("cls_centre", torch.zeros(1, n_prototypes, device=dev))
+        self.register_buffer("patch_centre", torch.zeros(1, n_prototypes, device=dev))
+        self.eval()
+
+    def train(self, mode: bool = True) -> Teacher:
+        """The teacher always stays in eval mode."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def ema_update(self, student_backbone: nn.Module, student_head: nn.Module, momentum: float) -> None:
+        """``teacher = m * teacher + (1 - m) * student`` for every parameter (foreach kernels)."""
+        t = list(self.backbone.parameters()) + list(self.dino_head.parameters())
+        s = list(student_backbone.parameters()) + list(student_head.parameters())
+        torch._foreach_mul_(t, momentum)
+        torch._foreach_add_(t, [p.detach() for p in s], alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def targets(self, globals_: Tensor, mb: MaskBatch, n_views: int, temp: float) -> tuple[Tensor, Tensor]:
+        """Centred targets for class tokens ``[G, B, K]`` and masked patches ``[M, K]``; updates centres."""
+        feats = self.backbone.forward_features(globals_)
+        patch = feats["patch"][mb.slot_crop, mb.slot_pos]  # [M, D]
+        logits = self.dino_head(torch.cat([feats["cls"], patch], dim=0)).float()
+        c = feats["cls"].shape[0]
+        cls_logits, patch_logits = logits[:c], logits[c:]
+        cls_t = centred_softmax(cls_logits, self.cls_centre, temp).view(n_views, c // n_views, -1)
+        patch_t = centred_softmax(patch_logits, self.patch_centre, temp)
+        self.update_centres(cls_logits, patch_logits, mb.slot_valid)
+        return cls_t, patch_t
+
+    @torch.no_grad()
+    def update_centres(self, cls_logits: Tensor, patch_logits: Tensor, valid: Tensor) -> None:
+        """EMA of the batch means (over all ranks): all class tokens; valid masked patch slots."""
+        k = cls_logits.shape[-1]
+        stats = torch.cat([
+            cls_logits.sum(0),
+            (patch_logits * valid[:, None]).sum(0),
+            valid.new_full((1,), float(cls_logits.shape[0])),
+            valid.sum().view(1),
+        ])
+        stats = _all_reduce_sum(stats)
+        cls_mean = stats[:k] / stats[2 * k]
+        patch_mean = stats[k:2 * k] / stats[2 * k + 1].clamp(min=1.0)
+        m = self.centre_momentum
+        self.cls_centre.mul_(m).add_(cls_mean[None], alpha=1 - m)
+        # no masked patch anywhere -> keep the centre (weight of the new mean is 0)
+        w = (1 - m) * (stats[2 * k + 1] > 0).float()
+        self.patch_centre.mul_(1 - w).add_(patch_mean[None] * w)
