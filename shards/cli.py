@@ -44,12 +44,14 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="target shard size in MB")
     p.add_argument("--max-per-shard", type=int, default=d.max_per_shard, help="at most this many clips a shard")
     p.add_argument("--min-frames", type=int, default=d.min_frames, help="reject clips with fewer output frames")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="FFmpeg decoder threads per worker (0: cores / workers)")
     p.add_argument("--limit", type=int, default=d.limit, help="first N clips of each split (0: all)")
     a = p.parse_args(argv)
     cfg = ShardsConfig(
         data=a.data, root=a.root, out=a.out, csv=a.csv, splits=a.splits, fps=a.fps, size=a.size,
         quality=a.quality, workers=a.workers, shard_mb=a.shard_mb, max_per_shard=a.max_per_shard,
-        min_frames=a.min_frames, limit=a.limit,
+        min_frames=a.min_frames, limit=a.limit, decode_threads=a.decode_threads,
     )
     if cfg.data == "sample" and not cfg.root:
         cfg.root = DEFAULT_SAMPLE_ROOT

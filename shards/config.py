@@ -28,6 +28,12 @@ class ShardsConfig:
     min_frames: int = 8
     limit: int = 0  # first N clips of each split; 0: all
     engine: Literal["local"] = "local"
+    decode_threads: int = 0  # FFmpeg decoder threads per worker; 0: cores / workers
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Decoder threads each worker uses."""
+        return self.decode_threads or max(1, (os.cpu_count() or 1) // self.num_workers)
 
     def validate(self) -> None:
         """Raise ValueError naming the option for a value that cannot work."""
@@ -39,6 +45,7 @@ class ShardsConfig:
             (self.shard_mb > 0, f"SHARD_MB must be > 0, got {self.shard_mb}"),
             (self.max_per_shard >= 0, f"MAX_PER_SHARD must be >= 0, got {self.max_per_shard}"),
             (self.min_frames >= 1, f"MIN_FRAMES must be >= 1, got {self.min_frames}"),
+            (self.decode_threads >= 0, f"DECODE_THREADS must be >= 0, got {self.decode_threads}"),
             (self.limit >= 0, f"LIMIT must be >= 0, got {self.limit}"),
             (self.data == "sample" or bool(self.root), f"DATA={self.data} needs ROOT"),
         ]

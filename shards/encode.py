@@ -146,6 +146,17 @@ def select_frames(
             yield n, prev
 
 
+def probe_duration(path: str) -> float | None:
+    """A video's duration in seconds from its container header (no decoding), if readable."""
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            return _stream_duration(container, container.streams.video[0])
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return None
+
+
 def _stream_duration(container, stream) -> float | None:
     """The container's claimed duration of the video stream in seconds, if it says."""
     if stream.duration is not None and stream.time_base is not None:
@@ -155,21 +166,27 @@ def _stream_duration(container, stream) -> float | None:
     return None
 
 
-def encode_clip(path: str, size: int, quality: int, fps: float, min_frames: int) -> EncodedClip:
-    """Decode ``path`` and return its frames as JPEGs, or raise ClipRejected."""
+def encode_clip(path: str, size: int, quality: int, fps: float, min_frames: int, *,
+                threads: int = 0, max_frames: int = 0) -> EncodedClip:
+    """Decode ``path`` and return its frames as JPEGs, or raise ClipRejected.
+
+    ``threads``: decoder threads (0: FFmpeg's choice). ``max_frames``: stop after this many
+    output frames (0: the whole clip; used to estimate sizes cheaply).
+    """
     container = _open(path)
     try:
         if not container.streams.video:
             raise ClipRejected("probe", "no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         src_rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         ctx = stream.codec_context
         clip = EncodedClip(b"", np.zeros(1, "<i8"), fps or src_rate, 0, 0, src_rate, 0,
                            ctx.width, ctx.height, ctx.name, 0)
-        chunks, last_t = _encode_frames(container, stream, clip, size, quality, fps)
+        chunks, last_t = _encode_frames(container, stream, clip, size, quality, fps, max_frames)
         claimed = _stream_duration(container, stream)
-        if claimed and claimed > 1.0 and last_t + 2.0 / src_rate < 0.9 * claimed:
+        if not max_frames and claimed and claimed > 1.0 and last_t + 2.0 / src_rate < 0.9 * claimed:
             raise ClipRejected("decode", f"truncated: frames stop at {last_t:.2f}s of {claimed:.2f}s")
         if len(chunks) < min_frames:
             raise ClipRejected(
@@ -182,7 +199,7 @@ def encode_clip(path: str, size: int, quality: int, fps: float, min_frames: int)
         container.close()
 
 
-def _encode_frames(container, stream, clip: EncodedClip, size: int, quality: int, fps: float):
+def _encode_frames(container, stream, clip: EncodedClip, size: int, quality: int, fps: float, max_frames: int):
     """Decode, resample and JPEG-encode; fills size/rotation/source_frames of ``clip``."""
     chunks: list[bytes] = []
     last_t = 0.0
@@ -204,6 +221,8 @@ def _encode_frames(container, stream, clip: EncodedClip, size: int, quality: int
                 clip.width, clip.height = output_size(w, h, size)
             jpeg = encode_jpeg(_to_rgb(frame, (clip.width, clip.height), clip.rotation), quality)
             chunks.extend([jpeg] * repeat)
+            if max_frames and len(chunks) >= max_frames:
+                break
     except av.error.FFmpegError as exc:
         raise ClipRejected(
             "decode", f"decode error after {clip.source_frames} frames ({type(exc).__name__}): truncated or corrupt"

@@ -24,27 +24,37 @@ import pyarrow.parquet as pq
 
 from shards import FORMAT_VERSION, __version__
 from shards.config import ShardsConfig
-from shards.encode import ClipRejected, encode_clip
+from shards.encode import ClipRejected, encode_clip, probe_duration
 from shards.progress import JobProgress
 from shards.shard import EncodeSettings, ShardTask, atomic_write, run_shard, shard_is_finished
 from shards.sources import SplitSources
 
-CALIBRATION_CLIPS = 3
+CALIBRATION_CLIPS = 3  # clips encoded (their first frames only) to learn bytes per frame
+CALIBRATION_FRAMES = 12
+DURATION_PROBES = 32  # clips whose header duration sets the expected frames per clip
 
 
 def estimate_clip_bytes(splits: list[SplitSources], settings: EncodeSettings) -> float:
-    """Median encoded bytes of the first few decodable clips (deterministic: sorted order)."""
-    sizes = []
-    for src in splits:
-        for clip in src.clips:
-            if len(sizes) >= CALIBRATION_CLIPS:
-                break
-            try:
-                enc = encode_clip(clip.path, settings.size, settings.quality, settings.fps, 1)
-            except ClipRejected:
-                continue
-            sizes.append(len(enc.mjpeg) + 2048)
-    return statistics.median(sizes) if sizes else 1.0
+    """Expected encoded bytes of one clip: bytes per frame (from the first frames of the first
+    few decodable clips) times frames per clip (from header durations). Deterministic: it only
+    looks at the first clips in sorted order."""
+    clips = [c for s in splits for c in s.clips]
+    per_frame, rates = [], []
+    for clip in clips:
+        if len(per_frame) >= CALIBRATION_CLIPS:
+            break
+        try:
+            enc = encode_clip(clip.path, settings.size, settings.quality, settings.fps, 1,
+                              threads=settings.threads, max_frames=CALIBRATION_FRAMES)
+        except ClipRejected:
+            continue
+        per_frame.append(len(enc.mjpeg) / enc.num_frames)
+        rates.append(enc.fps)
+    durations = [d for d in (probe_duration(c.path) for c in clips[:DURATION_PROBES]) if d]
+    if not per_frame or not durations:
+        return 1.0
+    frames = statistics.median(durations) * statistics.median(rates)
+    return statistics.median(per_frame) * max(frames, 1.0) + 2048
 
 
 def make_plan(cfg: ShardsConfig, splits: list[SplitSources], settings: EncodeSettings) -> dict[str, Any]:
@@ -209,7 +219,7 @@ def label_map(splits: list[SplitSources]) -> dict[str, int]:
 def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict[str, Any]:
     """Plan, encode and write everything; returns the dataset card."""
     out = Path(cfg.out)
-    settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames)
+    settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames, cfg.threads_per_worker)
     plan = load_or_make_plan(cfg, out, splits, settings)
     labels = label_map(splits)
     tasks = build_tasks(plan, splits, settings, labels)
