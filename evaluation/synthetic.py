@@ -84,9 +84,14 @@ def write_vip(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (128
     return root
 
 
-def write_jhmdb(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (240, 320)) -> Path:
+def write_jhmdb(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (240, 320),
+                snap: int = 0) -> Path:
     """A JHMDB tree: Rename_Images/<class>/<video>/%05d.png, joint_positions/.../joint_positions.mat
-    (pos_img [2, 15, T], 1-based) and a split file of ``<class>/<video>`` lines."""
+    (pos_img [2, 15, T], 1-based) and a split file of ``<class>/<video>`` lines.
+
+    Joints are coloured dots (13 px); ``snap`` > 0 makes them ``snap``-pixel cells on that grid,
+    moving by whole cells (exactly representable by features of that stride).
+    """
     from scipy.io import savemat
 
     H, W = hw
@@ -94,17 +99,23 @@ def write_jhmdb(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (2
     for i in range(n_seq):
         rel = f"wave/clip{i}"
         rng = np.random.default_rng(i)
-        base = np.stack([rng.uniform(0.2 * W, 0.8 * W, 15), rng.uniform(0.2 * H, 0.8 * H, 15)], 1)
+        base = np.stack([rng.uniform(0.2 * W, 0.7 * W, 15), rng.uniform(0.2 * H, 0.7 * H, 15)], 1)
         pos = np.zeros((2, 15, T))
         for t in range(T):
-            joints = base + np.array([3.0 * t, 2.0 * t])
             img = np.broadcast_to(JOINT_RGB[0], (H, W, 3)).copy()
-            for j, (x, y) in enumerate(joints):
-                img[int(y) - 6 : int(y) + 7, int(x) - 6 : int(x) + 7] = JOINT_RGB[j + 1]
+            if snap:
+                corner = np.floor(base / snap) * snap + np.array([snap * t, snap * (t // 2)])
+                joints = corner + (snap - 1) / 2
+                for j, (x, y) in enumerate(corner.astype(int)):
+                    img[y : y + snap, x : x + snap] = JOINT_RGB[j + 1]
+            else:
+                joints = np.floor(base + np.array([3.0 * t, 2.0 * t]))
+                for j, (x, y) in enumerate(joints.astype(int)):
+                    img[y - 6 : y + 7, x - 6 : x + 7] = JOINT_RGB[j + 1]
             out = root / "Rename_Images" / rel / f"{t + 1:05d}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.astype(np.uint8)).save(out)
-            pos[:, :, t] = (np.floor(joints) + 1).T  # 1-based, the dot's centre pixel
+            pos[:, :, t] = (joints + 1).T  # 1-based, the dot's centre
         mat = root / "joint_positions" / rel / "joint_positions.mat"
         mat.parent.mkdir(parents=True, exist_ok=True)
         savemat(str(mat), {"pos_img": pos})
