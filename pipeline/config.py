@@ -47,6 +47,7 @@ class PipelineConfig:
     use_mmap: bool = False  # reader maps tars instead of read(); read() keeps I/O accounting honest
     verify_offsets: bool = True  # read every sample's offsets table at loader start
     raw_size: int = 0  # debug: also output the 3 frames' top-left raw_size² pixels, un-augmented
+    repeat: int = 1  # passes over the split per loader epoch (>1 lengthens epochs of tiny splits)
     seed: int = 0
 
     def validate(self) -> None:
@@ -68,5 +69,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline.blur_p: every probability must be in [0, 1], got {self.blur_p}")
         if self.num_threads < 1 or self.prefetch < 1 or self.shuffle_buffer < 1 or self.range_workers < 1:
             raise ValueError("pipeline.num_threads, prefetch, shuffle_buffer and range_workers must be >= 1")
+        if self.repeat < 1:
+            raise ValueError(f"pipeline.repeat must be >= 1, got {self.repeat}")
         if self.raw_size < 0:
             raise ValueError(f"pipeline.raw_size must be >= 0, got {self.raw_size}")

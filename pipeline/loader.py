@@ -71,7 +71,7 @@ class TripletLoader:
         self.dali_device, self.device_id, self.device = parse_device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
         self.names = output_names(cfg)
-        self.batches = (len(split.samples) // world_size) // batch_size
+        self.batches = (len(split.samples) * cfg.repeat // world_size) // batch_size
 
     def __len__(self) -> int:
         return self.batches
@@ -83,13 +83,15 @@ class TripletLoader:
         per_rank = self.batches * self.batch_size
         source, files, indexes = None, self.split.tars, self.split.indexes
         if cfg.read_mode == "range":
-            order = epoch_order(len(self.split.samples), cfg.seed, epoch, self.rank, self.world_size, per_rank)
+            order = epoch_order(len(self.split.samples), cfg.seed, epoch, self.rank, self.world_size, per_rank,
+                                cfg.repeat)
             source = RangeSource(self.split.samples, order, (cfg.seed, self.rank, epoch),
                                  cfg.sampling, cfg.gap_min, cfg.gap_max)
         else:
-            perm = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D)).permutation(len(files))
+            rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
+            perm = np.concatenate([rng.permutation(len(files)) for _ in range(cfg.repeat)])
             files, indexes = [files[i] for i in perm], [indexes[i] for i in perm]
-        fill = max(1, min(cfg.shuffle_buffer, len(self.split.samples) // self.world_size))
+        fill = max(1, min(cfg.shuffle_buffer, len(self.split.samples) * cfg.repeat // self.world_size))
         return make_pipeline(cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
                              files=files, index_files=indexes, shard_id=self.rank,
                              num_shards=self.world_size, seed=seed, initial_fill=fill, source=source)
@@ -141,7 +143,7 @@ def build_loader(cfg: PipelineConfig, shards_dir: str | Path, *, batch_size: int
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets)
-    if len(split.samples) < world_size * batch_size:
+    if len(split.samples) * cfg.repeat < world_size * batch_size:
         raise ValueError(f"split '{cfg.split}' of {shards_dir} has {len(split.samples)} samples, fewer than "
                          f"world_size × batch_size = {world_size} × {batch_size}: no full batch per rank")
     return TripletLoader(cfg, split, batch_size=batch_size, device=device, rank=rank, world_size=world_size)

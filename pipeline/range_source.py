@@ -71,7 +71,9 @@ class RangeSource:
         return (*out, np.array(frames, dtype=np.int64), np.array(t, dtype=np.int64), np.array(sid, dtype=np.int64))
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, per_rank: int) -> np.ndarray:
-    """This rank's sample ids for an epoch: a global seeded permutation cut into equal parts."""
-    perm = np.random.default_rng((seed, epoch, 0x5A4D)).permutation(num_samples)
+def epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, per_rank: int,
+                repeat: int = 1) -> np.ndarray:
+    """This rank's sample ids for an epoch: seeded permutations (``repeat`` passes) cut into equal parts."""
+    rng = np.random.default_rng((seed, epoch, 0x5A4D))
+    perm = np.concatenate([rng.permutation(num_samples) for _ in range(repeat)])
     return perm[rank * per_rank:(rank + 1) * per_rank]

@@ -1,0 +1,71 @@
+"""The same T-CoRe views with PIL + torchvision v2 (for the reference loaders).
+
+Input: three PIL RGB images (past, current, future). Output: the dict of CHW float tensors
+that one sample of ``pipeline.loader`` holds: ``current_global`` [G,3,H,W], ``current_local``
+[L,3,h,w], ``past`` / ``future`` [2,3,H,W] (``simple``: one random-resized crop per frame).
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from pipeline.config import PipelineConfig
+
+BICUBIC = v2.InterpolationMode.BICUBIC
+
+
+def _colour(cfg: PipelineConfig, blur_p: float, solarize_p: float) -> list:
+    blur = v2.GaussianBlur(kernel_size=2 * int(3 * cfg.blur_sigma[1] + 0.999) + 1, sigma=cfg.blur_sigma)
+    return [
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
+        v2.RandomGrayscale(p=cfg.grayscale_p),
+        v2.RandomApply([blur], p=blur_p),
+        v2.RandomSolarize(threshold=128, p=solarize_p),
+    ]
+
+
+def _tail(cfg: PipelineConfig) -> list:
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+
+
+class TorchViews:
+    """Callable: (past, current, future) PIL images → the sample's view tensors."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        g, l_ = [cfg.global_size] * 2, [cfg.local_size] * 2
+        rrc_g = v2.RandomResizedCrop(g, scale=cfg.global_scale, ratio=cfg.ratio, interpolation=BICUBIC, antialias=True)
+        rrc_l = v2.RandomResizedCrop(l_, scale=cfg.local_scale, ratio=cfg.ratio, interpolation=BICUBIC, antialias=True)
+        solar = cfg.solarize_p
+        self.global_t = [v2.Compose([rrc_g, *_colour(cfg, cfg.blur_p[min(i, 1)], solar if i == 1 else 0.0), *_tail(cfg)])
+                         for i in range(cfg.num_global)]
+        self.local_t = v2.Compose([rrc_l, v2.RandomHorizontalFlip(0.5), *_colour(cfg, cfg.blur_p[2], 0.0), *_tail(cfg)])
+        self.context_t = [v2.Compose([*_colour(cfg, cfg.blur_p[0], 0.0), *_tail(cfg)]),
+                          v2.Compose([*_colour(cfg, cfg.blur_p[1], solar), *_tail(cfg)])]
+        self.simple_t = v2.Compose([rrc_g, *_tail(cfg)])
+
+    def centred(self, img: Image.Image) -> Image.Image:
+        """The largest centred crop with aspect within ``ratio``, resized to global_size²."""
+        w, h = img.size
+        lo, hi = self.cfg.ratio
+        cw, ch = min(w, h * hi), min(h, w / lo)
+        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+        return img.resize((self.cfg.global_size,) * 2, Image.Resampling.BICUBIC, box=box)
+
+    def __call__(self, past: Image.Image, cur: Image.Image, fut: Image.Image) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.workload == "simple":
+            empty = torch.empty(0, 3, cfg.local_size, cfg.local_size)
+            return {"current_global": self.simple_t(cur)[None], "current_local": empty,
+                    "past": self.simple_t(past)[None], "future": self.simple_t(fut)[None]}
+        local = [self.local_t(cur) for _ in range(cfg.num_local)]
+        out = {
+            "current_global": torch.stack([t(cur) for t in self.global_t]),
+            "current_local": torch.stack(local) if local else torch.empty(0, 3, cfg.local_size, cfg.local_size),
+        }
+        for name, img in (("past", past), ("future", fut)):
+            base = self.centred(img)
+            out[name] = torch.stack([t(base) for t in self.context_t])
+        return out
