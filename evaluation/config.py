@@ -28,6 +28,7 @@ class PropagationConfig:
     temperature: float = 0.7  # affinity / temperature before the softmax over the top-k
     topk: int | None = None
     batch_size: int = 16  # frames per feature-extraction batch
+    bf16: bool = False  # run the feature network under bfloat16 autocast (affinities stay fp32)
     query_chunk: int = 4096  # query patches per affinity block (bounds peak memory)
 
     def validate(self) -> None:

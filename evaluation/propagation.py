@@ -39,12 +39,13 @@ def preprocess(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract_features(feature_fn: FeatureFn, frames: list[torch.Tensor], size: tuple[int, int],
-                     batch_size: int) -> torch.Tensor:
+                     batch_size: int, bf16: bool = False) -> torch.Tensor:
     """Features of every frame in batches: [T, h, w, D], float32, L2-normalised along D."""
     out = []
     for i in range(0, len(frames), batch_size):
         batch = preprocess(torch.stack(frames[i : i + batch_size]), size)
-        feats = feature_fn(batch)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = feature_fn(batch)
         if feats.ndim != 4 or feats.shape[0] != batch.shape[0]:
             raise ValueError(f"feature function returned shape {tuple(feats.shape)}, expected [B, h, w, D]")
         out.append(F.normalize(feats.float(), dim=-1))
@@ -90,16 +91,17 @@ def propagate(feats: torch.Tensor, first: torch.Tensor, cfg: PropagationConfig) 
     bias = radius_bias(h, w, cfg.radius, feats.device)
     for t in range(1, T):
         ctx = context_indices(t, cfg.context)
-        keys = f[ctx].reshape(-1, D)  # [L*n, D]
-        key_labels = labels[ctx].reshape(-1, C)  # [L*n, C]
         if cfg.long_memory:
-            keys = torch.cat([f[0], keys])
-            key_labels = torch.cat([labels[0], key_labels])
-        k = min(cfg.topk, keys.shape[0])
+            ctx = [0, *ctx]
+        uniq = sorted(set(ctx))  # repeated first frames: one matmul, then expanded
+        expand = torch.tensor([uniq.index(i) for i in ctx], device=feats.device)
+        keys = f[uniq].reshape(-1, D)  # [U*n, D]
+        key_labels = labels[ctx].reshape(-1, C)  # [L(+1)*n, C]
+        k = min(cfg.topk, key_labels.shape[0])
+        start = 1 if cfg.long_memory else 0
         for r0 in range(0, n, cfg.query_chunk):
             q = f[t, r0 : r0 + cfg.query_chunk]  # [q, D]
-            aff = (q @ keys.T).view(q.shape[0], -1, n)  # [q, L(+1), n]
-            start = 1 if cfg.long_memory else 0
+            aff = (q @ keys.T).view(q.shape[0], len(uniq), n)[:, expand]  # [q, L(+1), n]
             aff[:, start:] += bias[r0 : r0 + q.shape[0], None, :]
             weights, idx = torch.topk(aff.view(q.shape[0], -1) / cfg.temperature, k, dim=1)
             weights = torch.softmax(weights, dim=1)

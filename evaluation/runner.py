@@ -67,7 +67,7 @@ def _features(video: Video, feature_fn: FeatureFn, cfg: EvalConfig, device: torc
             raise ValueError(f"{p}: frame size {tuple(fr.shape[1:])} differs from the first frame's {hw}")
     size = cfg.input_size or input_size(cfg.task, *hw)
     t0 = clock.lap()
-    feats = extract_features(feature_fn, frames, size, cfg.propagation.batch_size)
+    feats = extract_features(feature_fn, frames, size, cfg.propagation.batch_size, cfg.propagation.bf16)
     clock.features_s += clock.lap() - t0
     clock.frames += len(frames)
     return frames, feats, hw

@@ -141,3 +141,17 @@ def test_davis_perfect_vs_random_feature(davis_snapped: Path, tmp_path: Path, ki
     else:
         assert summary["J&F-Mean"] < 0.3
     assert len(list((tmp_path / "overlays" / "synth0").glob("*.png"))) == 2
+
+
+def test_bf16_features_stay_close():
+    gen = torch.Generator().manual_seed(1)
+    frames = [torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    lin = torch.nn.Linear(3, 8)
+
+    def fn(x):
+        return lin(torch.nn.functional.avg_pool2d(x, 16).permute(0, 2, 3, 1))
+
+    a = extract_features(fn, frames, (32, 32), batch_size=3)
+    b = extract_features(fn, frames, (32, 32), batch_size=3, bf16=True)
+    assert b.dtype == torch.float32
+    torch.testing.assert_close(a, b, atol=3e-2, rtol=0)
