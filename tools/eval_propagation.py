@@ -11,6 +11,7 @@ DAVIS runs with a model, OUT/results/<seq>/<frame>.png (scorable again with --re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,15 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> EvalConfig:
-    """Preset + overrides, then the explicit flags on top."""
-    overrides = list(args.overrides)
-    for key in ("task", "root", "out", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    """Preset + overrides, then the explicit flags on top (taken verbatim, not YAML-parsed)."""
+    cfg = load_config(EvalConfig, args.config, list(args.overrides))
+    flags = {k: getattr(args, k) for k in ("task", "root", "out", "device") if getattr(args, k)}
     if args.out is None and args.task is not None:
-        overrides.append(f"out=out/eval/{args.task}")
-    cfg = load_config(EvalConfig, args.config, overrides)
+        flags["out"] = f"out/eval/{args.task}"
+    cfg = dataclasses.replace(cfg, **flags)
+    cfg.validate()
     if not cfg.root:
         raise ValueError("--root: the dataset directory is required")
     return cfg
