@@ -32,7 +32,7 @@ def dino_loss(student_global: Tensor, student_local: Tensor | None, teacher: Ten
         lsm_l = F.log_softmax(student_local.float() / student_temp, dim=-1)
         total = total - torch.einsum("sbk,tbk->stb", lsm_l, teacher).mean(-1).sum()
         pairs += student_local.shape[0] * g
-    return total / pairs
+    return total / max(pairs, 1)
 
 
 def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:

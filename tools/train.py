@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import sys
@@ -337,8 +338,21 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
     if d.rank == 0:
         export_teacher(st.teacher.backbone, st.teacher.dino_head, out / "teacher.pth")
         logger.info(f"teacher written to {out / 'teacher.pth'}")
-    checksum = float(sum(p.detach().double().sum() for p in st.student.parameters()))
-    return {"step": st.step, "rank": d.rank, "param_checksum": checksum}
+    return write_summary(st, out)
+
+
+def write_summary(st: TrainState, out: Path) -> dict[str, Any]:
+    """Every rank's student-parameter checksum (equal when DDP kept the ranks in sync) -> summary.json."""
+    local = torch.stack([p.detach().double().sum() for p in st.student.parameters()]).sum().view(1)
+    sums = [torch.zeros_like(local) for _ in range(st.dist.world)]
+    if st.dist.world > 1:
+        dist.all_gather(sums, local)
+    else:
+        sums = [local]
+    summary = {"step": st.step, "world_size": st.dist.world, "param_checksums": [float(x) for x in sums]}
+    if st.dist.rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
