@@ -8,7 +8,7 @@ that one sample of ``pipeline.loader`` holds: ``current_global`` [G,3,H,W], ``cu
 from __future__ import annotations
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 from pipeline.config import PipelineConfig
@@ -16,12 +16,24 @@ from pipeline.config import PipelineConfig
 BICUBIC = v2.InterpolationMode.BICUBIC
 
 
+class PilBlur:
+    """Gaussian blur with PIL (as the DINO family does), radius uniform in ``sigma``, with probability p."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]):
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if self.p < 1.0 and torch.rand(()) >= self.p:
+            return img
+        radius = self.sigma[0] + float(torch.rand(())) * (self.sigma[1] - self.sigma[0])
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+
 def _colour(cfg: PipelineConfig, blur_p: float, solarize_p: float) -> list:
-    blur = v2.GaussianBlur(kernel_size=2 * int(3 * cfg.blur_sigma[1] + 0.999) + 1, sigma=cfg.blur_sigma)
     return [
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(p=cfg.grayscale_p),
-        v2.RandomApply([blur], p=blur_p),
+        PilBlur(blur_p, cfg.blur_sigma),
         v2.RandomSolarize(threshold=128, p=solarize_p),
     ]
 
