@@ -29,7 +29,7 @@ SHARD_FLAGS = --data $(DATA) --out "$(OUT)" $(call opt,root,$(ROOT)) $(call opt,
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup demo test test-fast lint shards inspect bench-shards clean help
+.PHONY: setup demo test test-fast lint shards inspect bench-shards eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -64,6 +64,17 @@ inspect: setup
 bench-shards: setup
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
 	$(PY) -m tools.bench_shards
+
+# evaluation by label propagation (DAVIS-2017 / JHMDB / VIP)
+CKPT ?=
+TASK ?= davis
+RESULTS ?=
+DEVICE ?=
+EVAL_ARGS ?=
+eval: setup
+	$(PY) -m tools.eval_propagation --task $(TASK) --root "$(ROOT)" $(call opt,ckpt,$(CKPT)) \
+	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(call opt,results,$(RESULTS)) \
+	  $(call opt,device,$(DEVICE)) $(EVAL_ARGS)
 
 clean:
 	rm -rf data/sample_shards data/sample_kinetics .pytest_cache
