@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +48,19 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="FFmpeg decoder threads per worker (0: cores / workers)")
     p.add_argument("--limit", type=int, default=d.limit, help="first N clips of each split (0: all)")
+    p.add_argument("--engine", choices=["local", "ray"], default=d.engine, help="where shard tasks run")
+    p.add_argument("--ray-address", default=None,
+                   help="ENGINE=ray: cluster to join (default: $RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help="ENGINE=ray: reruns of a shard task whose worker or node died")
     a = p.parse_args(argv)
+    if a.ray_address is None:
+        a.ray_address = os.environ.get("RAY_ADDRESS", "") if a.engine == "ray" else ""
     cfg = ShardsConfig(
         data=a.data, root=a.root, out=a.out, csv=a.csv, splits=a.splits, fps=a.fps, size=a.size,
         quality=a.quality, workers=a.workers, shard_mb=a.shard_mb, max_per_shard=a.max_per_shard,
-        min_frames=a.min_frames, limit=a.limit, decode_threads=a.decode_threads,
+        min_frames=a.min_frames, limit=a.limit, decode_threads=a.decode_threads, engine=a.engine,
+        ray_address=a.ray_address, max_retries=a.max_retries,
     )
     if cfg.data == "sample" and not cfg.root:
         cfg.root = DEFAULT_SAMPLE_ROOT
@@ -88,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            print(f"error: disk full while writing {exc.filename or cfg.out}; free space and re-run the same "
-                  "command to resume", file=sys.stderr)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            print(f"error: disk full while writing {exc.filename or cfg.out} ({os.strerror(exc.errno)}); free "
+                  "space and re-run the same command to resume", file=sys.stderr)
             return 1
         raise
     except RuntimeError as exc:

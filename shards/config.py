@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 # Output settings that change the bytes written: a resumed job must use the same ones.
 OUTPUT_SETTINGS = ("data", "fps", "size", "quality", "shard_mb", "max_per_shard", "min_frames", "limit")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass
@@ -27,7 +29,9 @@ class ShardsConfig:
     max_per_shard: int = 0  # 0: no limit
     min_frames: int = 8
     limit: int = 0  # first N clips of each split; 0: all
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "ray"] = "local"  # where shard tasks run; never changes the output
+    ray_address: str = ""  # ENGINE=ray: cluster to join; "" starts a local Ray instance
+    max_retries: int = 3  # ENGINE=ray: reruns of a task whose worker or node died
     decode_threads: int = 0  # FFmpeg decoder threads per worker; 0: cores / workers
 
     @property
@@ -48,10 +52,18 @@ class ShardsConfig:
             (self.decode_threads >= 0, f"DECODE_THREADS must be >= 0, got {self.decode_threads}"),
             (self.limit >= 0, f"LIMIT must be >= 0, got {self.limit}"),
             (self.data == "sample" or bool(self.root), f"DATA={self.data} needs ROOT"),
+            (self.engine in ("local", "ray"), f"ENGINE must be 'local' or 'ray', got '{self.engine}'"),
+            (self.engine == "ray" or not self.ray_address, "RAY_ADDRESS needs ENGINE=ray"),
+            (self.max_retries >= 0, f"MAX_RETRIES must be >= 0, got {self.max_retries}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for name, path in (("OUT", self.out), ("ROOT", self.root or "")):
+            scheme = _URL_SCHEME.match(path)
+            if scheme:
+                raise ValueError(f"{name} {path}: remote paths ({scheme.group(1)}://) are not supported; give a local "
+                                 "path (on a cluster: a shared file system mounted at the same path on every node)")
 
     @property
     def num_workers(self) -> int:

@@ -1,4 +1,4 @@
-"""A sharding job: plan shards, run the shard tasks in worker processes, write the manifests.
+"""A sharding job: plan shards, run the shard tasks on an engine (shards/engine.py), write the manifests.
 
 The plan (which clips go to which shard) is fixed before any shard is written and saved as
 ``OUT/plan.json``; a re-run of the same command reuses it, skips finished shards and redoes
@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import statistics
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +21,9 @@ import pyarrow.parquet as pq
 from shards import FORMAT_VERSION, __version__
 from shards.config import ShardsConfig
 from shards.encode import ClipRejected, encode_clip, probe_duration
+from shards.engine import Engine, make_engine
 from shards.progress import JobProgress
-from shards.shard import EncodeSettings, ShardTask, atomic_write, run_shard, shard_is_finished
+from shards.shard import EncodeSettings, ShardTask, atomic_write, shard_is_finished
 from shards.sources import SplitSources
 
 CALIBRATION_CLIPS = 3  # clips encoded (their first frames only) to learn bytes per frame
@@ -103,20 +100,8 @@ def build_tasks(plan: dict, splits: list[SplitSources], settings: EncodeSettings
     return tasks
 
 
-_events: Any = None
-
-
-def _init_worker(events: Any) -> None:
-    global _events
-    _events = events
-
-
-def _run_in_worker(task: ShardTask, split_dir: str) -> dict[str, Any]:
-    return run_shard(task, Path(split_dir), _events.put)
-
-
-def run_tasks(tasks: list[ShardTask], out: Path, workers: int, progress: JobProgress) -> dict[str, dict]:
-    """Run unfinished tasks on ``workers`` processes; returns stats by shard name."""
+def run_tasks(tasks: list[ShardTask], out: Path, engine: Engine, progress: JobProgress) -> dict[str, dict]:
+    """Run unfinished tasks on ``engine``; returns stats by shard name."""
     done: dict[str, dict] = {}
     todo = []
     for task in tasks:
@@ -129,33 +114,9 @@ def run_tasks(tasks: list[ShardTask], out: Path, workers: int, progress: JobProg
         else:
             done[task.name] = stats
             progress.skip(len(task.clips), stats)
-    if not todo:
-        return done
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(events,)) as pool:
-        futures = {pool.submit(_run_in_worker, t, str(out / t.split)): t for t in todo}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, progress)
-                for fut in finished:
-                    done[futures[fut].name] = fut.result()
-        except BrokenProcessPool:
-            raise RuntimeError("a worker process died (out of memory or a crash in a decoder); "
-                               "re-run the same command to resume") from None
-        _drain(events, progress)
+    if todo:
+        done.update(engine.run(todo, out, progress.clip))
     return done
-
-
-def _drain(events: Any, progress: JobProgress) -> None:
-    while True:
-        try:
-            progress.clip(events.get_nowait())
-        except queue.Empty:
-            return
 
 
 def _write_table(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
@@ -219,14 +180,15 @@ def label_map(splits: list[SplitSources]) -> dict[str, int]:
 def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict[str, Any]:
     """Plan, encode and write everything; returns the dataset card."""
     out = Path(cfg.out)
+    engine = make_engine(cfg)
     settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames, cfg.threads_per_worker)
     plan = load_or_make_plan(cfg, out, splits, settings)
     labels = label_map(splits)
     tasks = build_tasks(plan, splits, settings, labels)
     with JobProgress(sum(len(t.clips) for t in tasks), console=console) as progress:
-        stats = run_tasks(tasks, out, cfg.num_workers, progress)
+        stats = run_tasks(tasks, out, engine, progress)
     card = finalize(cfg, out, plan, splits, stats, labels)
     card["_run"] = {"elapsed_s": progress.elapsed, "skipped_shards": progress.skipped_shards,
-                    "workers": cfg.num_workers, "clip_rate": progress.clip_rate, "mb_rate": progress.mb_rate}
+                    "workers": engine.workers, "clip_rate": progress.clip_rate, "mb_rate": progress.mb_rate}
     return card
 

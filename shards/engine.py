@@ -1,0 +1,210 @@
+"""Where shard tasks run: local worker processes, or Ray tasks on a local or remote Ray cluster.
+
+Both engines run the same :func:`shards.shard.run_shard` on the same :class:`ShardTask`, so the
+output bytes do not depend on the engine. An engine takes the unfinished tasks, calls
+``on_clip`` with every per-clip event (in the driver process, for the progress display) and
+returns each task's stats by shard name. Errors raised inside a task (e.g. ``OSError`` with
+``ENOSPC``) reach the caller as the original exception, errno and file name intact.
+
+``make_engine(cfg)`` is the one place that picks an engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import queue
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Protocol
+
+import shards
+from shards.config import ShardsConfig
+from shards.shard import ShardTask, run_shard
+
+ClipCallback = Callable[[dict[str, Any]], None]
+POLL_S = 0.2  # how often the driver forwards progress events
+
+
+class Engine(Protocol):
+    """Runs shard tasks somewhere and reports their clips back to the driver."""
+
+    workers: int  # tasks running at once (shown in the summary)
+
+    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+        """Run every task; returns stats by shard name."""
+        ...
+
+
+# ---------------------------------------------------------------- local worker processes
+
+_events: Any = None
+
+
+def _init_worker(events: Any) -> None:
+    global _events
+    _events = events
+
+
+def _run_in_worker(task: ShardTask, split_dir: str) -> dict[str, Any]:
+    return run_shard(task, Path(split_dir), _events.put)
+
+
+def _drain(events: Any, on_clip: ClipCallback) -> None:
+    while True:
+        try:
+            on_clip(events.get_nowait())
+        except queue.Empty:
+            return
+
+
+class LocalEngine:
+    """A pool of ``workers`` spawned processes on this machine."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+        ctx = mp.get_context("spawn")
+        events = ctx.Queue()
+        done: dict[str, dict] = {}
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(events,))
+        try:
+            futures = {pool.submit(_run_in_worker, t, str(out / t.split)): t for t in tasks}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                _drain(events, on_clip)
+                for fut in finished:
+                    done[futures[fut].name] = fut.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a worker process died (out of memory or a crash in a decoder); "
+                               "re-run the same command to resume") from None
+        finally:  # on an error, queued tasks are dropped; running ones finish or fail
+            pool.shutdown(wait=True, cancel_futures=True)
+        _drain(events, on_clip)
+        return done
+
+
+# ---------------------------------------------------------------- Ray
+
+
+class EventSink:
+    """A Ray actor collecting per-clip events as ``(shard name, clip number, event)``."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, int, dict]] = []
+
+    def add(self, name: str, number: int, event: dict) -> None:
+        self._events.append((name, number, event))
+
+    def drain(self) -> list[tuple[str, int, dict]]:
+        events, self._events = self._events, []
+        return events
+
+
+def _ray_shard_task(task: ShardTask, split_dir: str, sink: Any) -> dict[str, Any]:
+    """Body of one Ray task: run the shard, sending each clip's event to the sink."""
+    import ray
+
+    sent: list[Any] = []
+
+    def report(event: dict) -> None:
+        sent.append(sink.add.remote(task.name, len(sent), event))
+
+    stats = run_shard(task, Path(split_dir), report)
+    if sent:
+        ray.get(sent[-1])  # calls from one caller run in order: every event has arrived
+    return stats
+
+
+class RayEngine:
+    """Ray tasks, one per shard, each retried up to ``max_retries`` times if its worker or node dies.
+
+    Without ``address`` a local Ray instance with ``workers`` CPUs is started (and stopped);
+    with one, the job connects to that cluster and ships this package to its workers. Sources
+    and OUT must then be on a file system that every node mounts at the same path.
+    """
+
+    def __init__(self, workers: int, address: str = "", max_retries: int = 3, limit: int = 0):
+        self.workers = workers
+        self.address = address
+        self.max_retries = max_retries
+        self.limit = limit  # most tasks in flight at once (0: as many as the cluster runs)
+
+    def _connect(self, ray: Any) -> bool:
+        """Start or join Ray; returns True when this call started it (and must stop it)."""
+        if ray.is_initialized():
+            return False
+        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if self.address:
+            package = str(Path(shards.__file__).parent)
+            ray.init(address=self.address, runtime_env={"py_modules": [package]}, **quiet)
+            self.workers = self.limit or int(ray.cluster_resources().get("CPU", 0)) or self.workers
+        else:
+            ray.init(address="local", num_cpus=self.workers, **quiet)
+        return True
+
+    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+        import ray
+
+        started = self._connect(ray)
+        pending: dict[Any, ShardTask] = {}
+        try:
+            sink = ray.remote(num_cpus=0)(EventSink).remote()
+            remote = ray.remote(_ray_shard_task).options(
+                num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)
+            forwarded: set[tuple[str, int]] = set()
+            todo, done = list(tasks), {}
+            while todo or pending:
+                while todo and (not self.limit or len(pending) < self.limit):
+                    task = todo.pop(0)
+                    pending[remote.remote(task, str(out / task.split), sink)] = task
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                self._forward(ray.get(sink.drain.remote()), forwarded, on_clip)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    done[task.name] = self._result(ray, ref, task)
+            self._forward(ray.get(sink.drain.remote()), forwarded, on_clip)
+            return done
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
+
+    @staticmethod
+    def _forward(events: list[tuple[str, int, dict]], forwarded: set[tuple[str, int]],
+                 on_clip: ClipCallback) -> None:
+        """Pass each clip's event on once: a retried task re-sends the clips of its first try."""
+        for name, number, event in events:
+            if (name, number) not in forwarded:
+                forwarded.add((name, number))
+                on_clip(event)
+
+    def _result(self, ray: Any, ref: Any, task: ShardTask) -> dict[str, Any]:
+        """A task's stats, its own exception unwrapped, or a RuntimeError once retries ran out."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            raise (cause or RuntimeError(f"shard {task.name}: {exc}")) from None
+        except ray.exceptions.RayError as exc:
+            raise RuntimeError(
+                f"shard {task.name}: failed {self.max_retries + 1} times ({type(exc).__name__}: worker killed, "
+                "out of memory or node lost); re-run the same command to resume") from None
+
+
+def make_engine(cfg: ShardsConfig) -> Engine:
+    """The engine ``cfg.engine`` names (ValueError if it cannot run here)."""
+    if cfg.engine == "local":
+        return LocalEngine(cfg.num_workers)
+    if cfg.engine == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("ENGINE=ray needs the ray package: pip install -e '.[ray]'")
+        limit = cfg.workers if cfg.ray_address else 0
+        return RayEngine(cfg.num_workers, cfg.ray_address, cfg.max_retries, limit)
+    raise ValueError(f"ENGINE must be 'local' or 'ray', got '{cfg.engine}'")

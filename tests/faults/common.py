@@ -1,0 +1,50 @@
+"""Helpers shared by the fault tests: running the sharder and comparing outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from shards.shard import shard_is_finished
+from shards.tario import check_index_against_tar
+
+
+def sharder_cmd(root: Path, out: Path, *extra: str) -> list[str]:
+    """``python -m shards`` on the val and test splits of a Kinetics-layout ``root``, 1 clip a shard."""
+    return [sys.executable, "-m", "shards", "--data", "kinetics", "--root", str(root), "--out", str(out),
+            "--splits", "val,test", "--max-per-shard", "1", *extra]
+
+
+def run_sharder(cmd: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the sharder to the end; returns the completed process (text output)."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every output file that must be identical between two runs of the same job."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.suffix in (".tar", ".idx", ".json", ".parquet")}
+
+
+def assert_finished_shards_are_whole(out: Path) -> int:
+    """Every shard with a stats file (the "finished" marker) is complete; returns how many there are."""
+    finished = 0
+    for stats_path in out.glob("*/*.stats.json"):
+        name = stats_path.name.removesuffix(".stats.json")
+        stats = shard_is_finished(stats_path.parent, name)
+        assert stats is not None, f"{stats_path}: marker of a shard that is not whole"
+        if stats["samples"]:
+            tar = stats_path.parent / stats["shard"]
+            samples = check_index_against_tar(stats_path.parent / stats["index"], tar)
+            with tarfile.open(tar) as t:
+                assert len(t.getnames()) == 3 * stats["samples"] == 3 * len(samples)
+        finished += 1
+    return finished
+
+
+def card(out: Path) -> dict:
+    """The dataset card of a finished job."""
+    return json.loads((out / "dataset.json").read_text())
