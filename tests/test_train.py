@@ -70,7 +70,7 @@ def straight_run(sample_shards, tmp_path_factory) -> Path:
 def test_30_step_cpu_run_loss_falls(straight_run):
     recs = _records(straight_run)
     assert sorted(recs) == list(range(1, 31))
-    assert REQUIRED <= set(recs[30])
+    assert set(recs[30]) >= REQUIRED
     losses = [recs[s]["loss"] for s in range(1, 31)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     for name in ("teacher.pth", "loss_curves.png", "config.yaml", "summary.json"):

@@ -2,8 +2,8 @@
 
 ``python -m tools.bench_train --shards DIR --config PRESET [--steps N] [--windows R] [key=value ...]``
 
-Both runs use a fresh model built the same way, ``--warmup`` untimed steps, then ``--windows``
-timed windows of ``--steps`` steps (device synchronised at window edges only); medians are
+One model is fed by both sources in alternating timed windows of ``--steps`` steps (after
+``--warmup`` untimed steps each; device synchronised at window edges only); medians are
 printed. ``pipeline / fixed`` is the share of the data-free speed that the real loader keeps;
 ``1 - ratio`` is the share of training time lost to data.
 """
@@ -65,30 +65,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_loader(cfg: RunConfig, loader: Any, d, warmup: int, steps: int, windows: int) -> list[float]:
-    """Steps/s of each timed window for a fresh model fed by ``loader``."""
-    st = build_state(cfg, d, cfg.train.iters_per_epoch or len(loader))
-    st.model.train()
+def _stream(loader: Any):
+    epoch = 0
+    while True:
+        yield from loader.iter_epoch(epoch)
+        epoch += 1
 
-    def stream():
-        epoch = 0
-        while True:
-            yield from loader.iter_epoch(epoch)
-            epoch += 1
 
-    it = stream()
-    for _ in range(warmup):
-        train_step(st, next(it), st.step)
-        st.step += 1
-    rates = []
-    for _ in range(windows):
-        _sync(d.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
+def time_interleaved(st, streams: dict[str, Any], warmup: int, steps: int, windows: int,
+                     settle: int) -> dict[str, list[float]]:
+    """Steps/s per timed window, alternating the streams window by window (so drift in machine
+    load hits both alike). ``settle`` untimed steps before each window drain what a loader
+    prefetched while the other stream was timed."""
+    device = st.dist.device
+    for it in streams.values():
+        for _ in range(warmup):
             train_step(st, next(it), st.step)
             st.step += 1
-        _sync(d.device)
-        rates.append(steps / (time.perf_counter() - t0))
+    rates: dict[str, list[float]] = {name: [] for name in streams}
+    for _ in range(windows):
+        for name, it in streams.items():
+            for _ in range(settle):
+                train_step(st, next(it), st.step)
+                st.step += 1
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                train_step(st, next(it), st.step)
+                st.step += 1
+            _sync(device)
+            rates[name].append(steps / (time.perf_counter() - t0))
     return rates
 
 
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--windows", type=int, default=3)
+    ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
@@ -112,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(real.iter_epoch(0)))
     fixed = FixedBatchLoader(first, len(real))
     samples = cfg.train.batch_size_per_gpu * d.world
+    st = build_state(cfg, d, cfg.train.iters_per_epoch or len(real))
+    st.model.train()
+    streams = {"fixed batch": _stream(fixed), "pipeline": _stream(real)}
+    rates = time_interleaved(st, streams, args.warmup, args.steps, args.windows, cfg.pipeline.prefetch + 1)
     res = {}
-    for name, loader in (("fixed batch", fixed), ("pipeline", real)):
-        rates = time_loader(cfg, loader, d, args.warmup, args.steps, args.windows)
-        res[name] = statistics.median(rates)
+    for name, r in rates.items():
+        res[name] = statistics.median(r)
         print(f"{name:>12}: {res[name]:.3f} steps/s, {res[name] * samples:.1f} samples/s "
-              f"(median of {args.windows} windows of {args.steps} steps; all: "
-              f"{', '.join(f'{r:.3f}' for r in rates)})")
+              f"(median of {args.windows} windows of {args.steps} steps; all: {', '.join(f'{x:.3f}' for x in r)})")
     ratio = res["pipeline"] / res["fixed batch"]
     print(f"pipeline / fixed = {ratio:.3f}  (share of training time lost to data: {max(0.0, 1 - ratio):.1%}; "
           f"{cfg.model.arch}, batch {cfg.train.batch_size_per_gpu} x {d.world} on {d.device.type})")

@@ -233,6 +233,9 @@ def restore(st: TrainState, ckpt: dict[str, Any], log) -> None:
     """Load a checkpoint written by ``checkpoint_state`` into ``st``."""
     if ckpt.get("world_size") != st.dist.world:
         log(f"note: checkpoint was written with {ckpt.get('world_size')} processes, now {st.dist.world}")
+    pos = ckpt.get("loader", {})
+    if pos.get("seed") != st.cfg.pipeline.seed:
+        log(f"note: pipeline.seed is {st.cfg.pipeline.seed}, the checkpoint used {pos.get('seed')}: other data order")
     st.student.load_state_dict(ckpt["student"])
     bb = {k[9:]: v for k, v in ckpt["teacher"].items() if k.startswith("backbone.")}
     hd = {k[10:]: v for k, v in ckpt["teacher"].items() if k.startswith("dino_head.")}
@@ -277,7 +280,9 @@ def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: in
     """Run steps ``st.step .. stop - 1``, logging every ``log_every`` and checkpointing as configured."""
     tc, nb, ipe = st.cfg.train, len(loader), st.sched.iters_per_epoch
     acc: dict[str, torch.Tensor] = {}
-    n, wait, t0, last_ckpt, saved_at = 0, 0.0, time.perf_counter(), time.monotonic(), -1
+    n, wait, t0, last_ckpt, saved_at = 0, 0.0, time.perf_counter(), time.monotonic(), st.step
+    if nb < 1:
+        raise ValueError("the loader has no batches per pass (fewer samples per rank than the batch size)")
     st.model.train()
     while st.step < stop:
         it = iter(loader.iter_epoch(st.step // nb, st.step % nb))
