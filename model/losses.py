@@ -17,22 +17,29 @@ def centred_softmax(logits: Tensor, centre: Tensor, temp: float) -> Tensor:
     return F.softmax((logits.float() - centre) / temp, dim=-1)
 
 
+def _no_autocast(x: Tensor):
+    """Loss arithmetic stays in float32 even inside an autocast region."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def dino_loss(student_global: Tensor, student_local: Tensor | None, teacher: Tensor, student_temp: float) -> Tensor:
     """Cross-entropy over all (student view, teacher view) pairs, averaged over pairs and images.
 
     ``student_global [G, B, K]`` is paired with every *other* teacher view ``teacher [G, B, K]``;
     ``student_local [L, B, K]`` with every teacher view.
     """
-    g = teacher.shape[0]
-    lsm = F.log_softmax(student_global.float() / student_temp, dim=-1)
-    ce = -torch.einsum("sbk,tbk->stb", lsm, teacher).mean(-1)  # [G, G]
-    total = ce.sum() - ce.diagonal().sum()
-    pairs = g * (g - 1)
-    if student_local is not None and student_local.shape[0] > 0:
-        lsm_l = F.log_softmax(student_local.float() / student_temp, dim=-1)
-        total = total - torch.einsum("sbk,tbk->stb", lsm_l, teacher).mean(-1).sum()
-        pairs += student_local.shape[0] * g
-    return total / max(pairs, 1)
+    with _no_autocast(teacher):
+        teacher = teacher.float()
+        g = teacher.shape[0]
+        lsm = F.log_softmax(student_global.float() / student_temp, dim=-1)
+        ce = -(lsm[:, None] * teacher[None]).sum(-1).mean(-1)  # [G, G]: (student view, teacher view)
+        total = ce.sum() - ce.diagonal().sum()
+        pairs = g * (g - 1)
+        if student_local is not None and student_local.shape[0] > 0:
+            lsm_l = F.log_softmax(student_local.float() / student_temp, dim=-1)
+            total = total - (lsm_l[:, None] * teacher[None]).sum(-1).mean(-1).sum()
+            pairs += student_local.shape[0] * g
+        return total / max(pairs, 1)
 
 
 def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -42,12 +49,13 @@ def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
     """
     if x.shape[0] < 2:
         return x.new_zeros((), dtype=torch.float32)
-    x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
-    dots = x @ x.t()
-    dots.fill_diagonal_(-2.0)  # never pick yourself
-    nn_idx = dots.argmax(dim=1)
-    dist = F.pairwise_distance(x, x[nn_idx], eps=eps)
-    return -torch.log(dist + eps).mean()
+    with _no_autocast(x):
+        x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+        dots = x @ x.t()
+        dots.fill_diagonal_(-2.0)  # never pick yourself
+        nn_idx = dots.argmax(dim=1)
+        dist = F.pairwise_distance(x, x[nn_idx], eps=eps)
+        return -torch.log(dist + eps).mean()
 
 
 def masked_patch_loss(student: Tensor, teacher: Tensor, weight: Tensor, n_crops: int, student_temp: float) -> Tensor:
@@ -57,11 +65,13 @@ def masked_patch_loss(student: Tensor, teacher: Tensor, weight: Tensor, n_crops:
     = 1 / (masked patches in the slot's crop), 0 for padding slots; ``n_crops`` = number of
     global crops (masked or not).
     """
-    ce = -(teacher * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
-    return (ce * weight).sum() / n_crops
+    with _no_autocast(student):
+        ce = -(teacher.float() * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
+        return (ce * weight.float()).sum() / n_crops
 
 
 def past_future_loss(past: Tensor, future: Tensor, valid: Tensor) -> Tensor:
     """Mean squared error between the past- and future-based logits ``[M, K]`` at valid slots."""
-    per_slot = (past.float() - future.float()).pow(2).mean(-1)
-    return (per_slot * valid).sum() / valid.sum().clamp(min=1.0)
+    with _no_autocast(past):
+        per_slot = (past.float() - future.float()).pow(2).mean(-1)
+        return (per_slot * valid).sum() / valid.sum().clamp(min=1.0)

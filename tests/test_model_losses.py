@@ -121,3 +121,26 @@ def test_student_losses_use_masked_slots_only():
     assert torch.allclose(out2["loss_pt"], out["loss_pt"])
     out["loss"].backward()
     assert all(p.grad is not None for p in s.parameters())
+
+
+def test_bf16_autocast_keeps_losses_float32():
+    """The GPU runs under bf16 autocast; the same code under CPU autocast keeps every term fp32."""
+    from model.masks import make_masks
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="vit_tiny", img_size=32, depth=1, drop_path_rate=0.0, head_n_prototypes=64,
+                      head_hidden_dim=32, head_bottleneck_dim=16, pmm_heads=2)
+    s = TCoReStudent(cfg)
+    te = Teacher(s.backbone, s.dino_head, 64, 0.9)
+    views = Views(torch.randn(8, 3, 32, 32), torch.randn(8, 3, 16, 16), torch.randn(8, 3, 32, 32),
+                  torch.randn(8, 3, 32, 32), 2, 2)
+    mb = make_masks(8, (2, 2), prob=0.5, ratio_min_max=(0.1, 0.5), min_block=1, max_block_ratio=0.5,
+                    aspect=(0.3, 3.3), rounds=8, generator=torch.Generator().manual_seed(0), device="cpu")
+    t_cls, t_patch = te.targets(views.current_global, mb, 2, 0.04)
+    ref = s(views, mb, t_cls, t_patch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = s(views, mb, t_cls, t_patch)
+    for k, v in out.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), k
+    assert torch.allclose(out["loss_dino"], ref["loss_dino"], rtol=0.05)
+    out["loss"].backward()
