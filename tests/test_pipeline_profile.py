@@ -1,0 +1,31 @@
+"""The loader profiler end to end on the sample shards (tiny sizes): table, JSON schema, PNG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.profile_loader import main
+
+KEYS = {"triplets_per_s", "frames_per_s", "decoded_per_delivered", "first_batch_s", "cpu_util",
+        "peak_rss_mb", "bytes_read_per_triplet"}
+
+
+@pytest.mark.slow
+def test_profile_loader_writes_figures(sample_shards, sample_root, tmp_path) -> None:
+    out, png = tmp_path / "p.json", tmp_path / "p.png"
+    code = main(["--shards", str(sample_shards), "--loaders", "dali,dali-range,mp4", "--workloads", "simple",
+                 "--batches", "1", "--repeats", "1", "--warmup", "0", "--batch", "4", "--root", str(sample_root),
+                 "--json", str(out), "--png", str(png), "global_size=32", "local_size=16"])
+    assert code == 0 and png.stat().st_size > 1000
+    report = json.loads(out.read_text())
+    assert report["ceiling_triplets_per_s"] > 0 and report["device"].startswith("cpu")
+    loaders = report["workloads"]["simple"]["loaders"]
+    for name in ("dali", "dali-range", "mp4"):
+        assert set(loaders[name]) >= KEYS and loaders[name]["triplets_per_s"] > 0
+    assert loaders["dali"]["decoded_per_delivered"] == 1.0
+    assert loaders["mp4"]["decoded_per_delivered"] >= 1.0
+    # range reads only the 3 JPEGs: far fewer bytes than whole samples
+    assert loaders["dali-range"]["bytes_read_per_triplet"] < 0.5 * loaders["dali"]["bytes_read_per_triplet"]
+    assert report["loaders"] == {}  # no tcore workload was asked for

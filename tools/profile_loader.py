@@ -1,0 +1,197 @@
+"""Profile the triplet loaders on one shard directory: ``python -m tools.profile_loader --shards DIR``.
+
+For each workload (``tcore``: the full T-CoRe view set; ``simple``: one random-resized crop per
+frame) and each loader (``dali``, ``dali-range``, ``torch``, ``mp4``, ``ffcv``), after warm-up:
+triplets/s and frames/s (median of repeats), decoded frames per delivered frame, first-batch
+latency, CPU utilisation (share of all cores, the loader's process tree), peak RSS, bytes read
+per triplet; plus the decode ceiling (this machine decoding the shards' JPEGs alone, ÷ 3) and
+each loader as a fraction of it. Prints a table, writes ``--json`` and ``--png``. Trailing
+``key=value`` arguments override ``PipelineConfig`` fields (e.g. ``global_size=112``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pipeline.bench import dali_decode_rate, frame_bytes, measure, pil_decode_rate
+from pipeline.config import PipelineConfig
+from pipeline.dataset import open_split, read_card
+from pipeline.loader import build_loader, parse_device
+from pipeline.reference import ReferenceLoader
+from tools.config import load_config
+
+LOADERS = ["dali", "dali-range", "torch", "mp4", "ffcv"]
+WORKLOADS = ["tcore", "simple"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tools.profile_loader", description=__doc__.split("\n")[0])
+    ap.add_argument("--shards", required=True, help="shard directory (with dataset.json)")
+    ap.add_argument("--loaders", default=",".join(LOADERS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--batches", type=int, default=8, help="batches per timed repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2, help="batches after the first one, untimed")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    ap.add_argument("--root", default=None, help="the source collection (for mp4; default: the sample tree)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader/FFCV workers")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None)
+    ap.add_argument("overrides", nargs="*", help="PipelineConfig overrides, key=value")
+    args = ap.parse_args(argv)
+    for name, allowed in (("loaders", LOADERS), ("workloads", WORKLOADS)):
+        items = [s for s in getattr(args, name).split(",") if s]
+        bad = [s for s in items if s not in allowed]
+        if bad:
+            ap.error(f"--{name}: unknown {bad}; choose from {allowed}")
+        setattr(args, name, items)
+    return args
+
+
+def default_root(shards: Path) -> Path | None:
+    """The sample collection's tree when the shards were made from it."""
+    if read_card(shards).get("settings", {}).get("data") == "sample":
+        return Path("data/sample_kinetics")
+    return None
+
+
+def run_one(name: str, workload: str, args, base: PipelineConfig, split, device: str, tmp: Path) -> dict:
+    """Measure one loader on one workload; returns its entry (or {"skipped": reason})."""
+    # enough samples that no loader's read-ahead (workers × prefetch batches) reaches the end of
+    # the epoch during the timed batches: reads and CPU are then those of the batches timed
+    needed = (1 + args.warmup + args.repeats * args.batches + 4 * args.workers + 4) * args.batch
+    repeat = math.ceil(needed / len(split.samples)) + 1
+    threads = os.cpu_count() or 1
+    cfg = PipelineConfig(**{**base.__dict__, "workload": workload, "repeat": repeat, "num_threads": threads,
+                            "range_workers": threads, "verify_offsets": False,
+                            "shuffle_buffer": min(base.shuffle_buffer, 2 * args.batch)})
+    if name in ("dali", "dali-range"):
+        cfg.read_mode = "range" if name == "dali-range" else "whole"
+
+        def make():
+            return build_loader(cfg, args.shards, batch_size=args.batch, device=device).iter_epoch(0)
+    elif name in ("torch", "mp4"):
+        root = args.root or default_root(Path(args.shards))
+        if name == "mp4" and (root is None or not Path(root).is_dir()):
+            return {"skipped": "mp4 needs --root (the collection the shards were made from)"}
+
+        def make():
+            return ReferenceLoader(name, cfg, split, batch_size=args.batch, num_workers=args.workers,
+                                   root=root).iter_epoch(0)
+    else:
+        if workload != "simple":
+            return {"skipped": "ffcv runs the simple workload only (pre-sampled frames, one crop each)"}
+        try:
+            from pipeline.ffcv_ref import FfcvLoader, require_ffcv, write_triplets
+
+            require_ffcv()
+        except ImportError as exc:
+            return {"skipped": str(exc)}
+        path = write_triplets(split, cfg, tmp / "triplets.beton", draws=repeat)
+
+        def make():
+            return FfcvLoader(path, cfg, batch_size=args.batch, num_workers=args.workers).iter_epoch(0)
+    return measure(make, batch_size=args.batch, batches=args.batches, repeats=args.repeats, warmup=args.warmup)
+
+
+def ceiling(split, dali_device: str, device_id) -> dict:
+    """Frames/s of decoding the shards' JPEGs alone with PIL and with DALI; triplets = best / 3."""
+    jpegs = frame_bytes(split)
+    pil = pil_decode_rate(jpegs)
+    dali = dali_decode_rate(jpegs, dali_device, device_id)
+    return {"pil_frames_per_s": pil, "dali_frames_per_s": dali, "triplets_per_s": max(pil, dali) / 3,
+            "jpeg_bytes_mean": sum(map(len, jpegs)) / len(jpegs)}
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(parse_device(device)[2])} (+{os.cpu_count()} CPU cores)"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ceil = report["ceiling_triplets_per_s"]
+    for workload, entry in report["workloads"].items():
+        table = Table(title=f"{workload} workload on {report['device']} (ceiling {ceil:.0f} triplets/s)")
+        for col in ("loader", "triplets/s", "frames/s", "× ceiling", "decoded/delivered", "first batch s",
+                    "CPU util", "peak RSS MB", "KB read/triplet"):
+            table.add_column(col, justify="left" if col == "loader" else "right")
+        for name, r in entry["loaders"].items():
+            if "skipped" in r:
+                table.add_row(name, f"skipped: {r['skipped'][:60]}", *[""] * 7)
+                continue
+            table.add_row(name, f"{r['triplets_per_s']:.1f}", f"{r['frames_per_s']:.0f}",
+                          f"{r['fraction_of_ceiling']:.2f}", f"{r['decoded_per_delivered']:.2f}",
+                          f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.0%}", f"{r['peak_rss_mb']:.0f}",
+                          f"{r['bytes_read_per_triplet'] / 1024:.0f}")
+        Console().print(table)
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(report["workloads"])
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        entries = {k: v for k, v in report["workloads"][workload]["loaders"].items() if "skipped" not in v}
+        ax.bar(list(entries), [v["triplets_per_s"] for v in entries.values()], color="tab:blue")
+        ax.axhline(report["ceiling_triplets_per_s"], color="tab:red", linestyle="--", label="decode ceiling")
+        ax.set_title(f"{workload} ({report['device']})")
+        ax.set_ylabel("triplets / s")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = load_config(PipelineConfig, None, args.overrides)
+    base.split = args.split
+    try:
+        split = open_split(args.shards, args.split)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dali_device, device_id, _ = parse_device(device)
+    ceil = ceiling(split, dali_device, device_id)
+    report = {"device": describe_device(device), "ceiling_triplets_per_s": ceil["triplets_per_s"],
+              "ceiling": ceil, "batch": args.batch, "batches": args.batches, "repeats": args.repeats,
+              "split_samples": len(split.samples), "workloads": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in args.workloads:
+            entries = {}
+            for name in args.loaders:
+                print(f"profiling {name} on {workload} ...", file=sys.stderr, flush=True)
+                r = run_one(name, workload, args, base, split, device, Path(tmp))
+                if "triplets_per_s" in r:
+                    r["fraction_of_ceiling"] = r["triplets_per_s"] / ceil["triplets_per_s"]
+                entries[name] = r
+            report["workloads"][workload] = {"loaders": entries}
+    report["loaders"] = report["workloads"].get("tcore", {}).get("loaders", {})
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.png:
+        plot(report, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
