@@ -135,13 +135,16 @@ def print_table(report: dict) -> None:
             table.add_column(col, justify="left" if col == "loader" else "right")
         for name, r in entry["loaders"].items():
             if "skipped" in r:
-                table.add_row(name, f"skipped: {r['skipped'][:60]}", *[""] * 7)
+                table.add_row(name, "skipped", *[""] * 7)
                 continue
             table.add_row(name, f"{r['triplets_per_s']:.1f}", f"{r['frames_per_s']:.0f}",
                           f"{r['fraction_of_ceiling']:.2f}", f"{r['decoded_per_delivered']:.2f}",
                           f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.0%}", f"{r['peak_rss_mb']:.0f}",
                           f"{r['bytes_read_per_triplet'] / 1024:.0f}")
         Console().print(table)
+        for name, r in entry["loaders"].items():
+            if "skipped" in r:
+                Console().print(f"  {name} skipped: {r['skipped']}")
 
 
 def plot(report: dict, path: str) -> None:
