@@ -51,13 +51,19 @@ class Teacher(nn.Module):
         torch._foreach_add_(t, [p.detach() for p in s], alpha=1.0 - momentum)
 
     @torch.no_grad()
-    def targets(self, globals_: Tensor, mb: MaskBatch, n_views: int, temp: float) -> tuple[Tensor, Tensor]:
-        """Centred targets for class tokens ``[G, B, K]`` and masked patches ``[M, K]``; updates centres."""
+    def forward(self, globals_: Tensor, slot_crop: Tensor, slot_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Float32 head logits of the class tokens ``[C, K]`` and of the masked slots ``[M, K]``."""
         feats = self.backbone.forward_features(globals_)
-        patch = feats["patch"][mb.slot_crop, mb.slot_pos]  # [M, D]
+        patch = feats["patch"][slot_crop, slot_pos]  # [M, D]
         logits = self.dino_head(torch.cat([feats["cls"], patch], dim=0)).float()
         c = feats["cls"].shape[0]
-        cls_logits, patch_logits = logits[:c], logits[c:]
+        return logits[:c], logits[c:]
+
+    @torch.no_grad()
+    def targets(self, globals_: Tensor, mb: MaskBatch, n_views: int, temp: float) -> tuple[Tensor, Tensor]:
+        """Centred targets for class tokens ``[G, B, K]`` and masked patches ``[M, K]``; updates centres."""
+        cls_logits, patch_logits = self(globals_, mb.slot_crop, mb.slot_pos)
+        c = cls_logits.shape[0]
         cls_t = centred_softmax(cls_logits, self.cls_centre, temp).view(n_views, c // n_views, -1)
         patch_t = centred_softmax(patch_logits, self.patch_centre, temp)
         self.update_centres(cls_logits, patch_logits, mb.slot_valid)

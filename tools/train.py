@@ -151,8 +151,7 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
                     bucket_cap_mb=tc.ddp_bucket_cap_mb, gradient_as_bucket_view=True, broadcast_buffers=False)
     if tc.compile:
         model = torch.compile(model)
-        teacher.backbone.compile()
-        teacher.dino_head.compile()
+        teacher.compile()  # in place: the networks' forward; state-dict keys unchanged
     total_batch = tc.batch_size_per_gpu * d.world
     sched = Schedules(
         total_iters=tc.epochs * iters_per_epoch, iters_per_epoch=iters_per_epoch,
