@@ -29,7 +29,7 @@ SHARD_FLAGS = --data $(DATA) --out "$(OUT)" $(call opt,root,$(ROOT)) $(call opt,
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup demo test test-fast lint shards inspect bench-shards eval clean help
+.PHONY: setup demo test test-fast lint shards inspect bench-shards profile eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -64,6 +64,30 @@ inspect: setup
 bench-shards: setup
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
 	$(PY) -m tools.bench_shards
+
+# loader profiling (ROOT = the source collection, for the mp4 loader; defaults to the sample tree)
+SHARDS ?= $(SAMPLE_SHARDS)
+LOADERS ?= dali,dali-range,torch,mp4,ffcv
+WORKLOADS ?= tcore,simple
+BATCHES ?=
+BATCH ?=
+JSON ?=
+PNG ?=
+PROFILE_FLAGS = --shards "$(SHARDS)" --loaders $(LOADERS) --workloads $(WORKLOADS) \
+  $(call opt,batches,$(BATCHES)) $(call opt,batch,$(BATCH)) $(call opt,json,$(JSON)) \
+  $(call opt,png,$(PNG)) $(call opt,root,$(ROOT))
+
+profile: setup ffcv
+	$(PY) -m tools.profile_loader $(PROFILE_FLAGS)
+
+# FFCV (optional extra, the fastest published CPU image loader) for the profiler's ffcv peer
+.PHONY: ffcv
+ffcv: setup
+	@if echo "$(LOADERS)" | grep -q ffcv && ! $(PY) -c "import ffcv" 2>/dev/null; then \
+	  (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq libopencv-dev libturbojpeg0-dev >/dev/null) ; \
+	  $(PY) -m pip install --quiet --no-deps ffcv==1.0.2 && \
+	  $(PY) -m pip install --quiet numba assertpy fastargs pytorch_pfn_extras terminaltables tqdm opencv-python-headless \
+	  || echo "ffcv could not be installed: the profiler will skip it"; fi
 
 # evaluation by label propagation (DAVIS-2017 / JHMDB / VIP)
 CKPT ?=
