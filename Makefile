@@ -29,7 +29,7 @@ SHARD_FLAGS = --data $(DATA) --out "$(OUT)" $(call opt,root,$(ROOT)) $(call opt,
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup demo test test-fast lint shards inspect bench-shards profile eval clean help
+.PHONY: setup demo test test-fast lint shards inspect bench-shards profile train bench-train eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -41,9 +41,19 @@ $(STAMP): setup.cfg setup.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.setup-* && touch $@
 
+DEMO := data/demo
 demo: setup
 	$(PY) -m shards $(SAMPLE_FLAGS)
 	$(PY) -m shards.inspect $(SAMPLE_SHARDS) --verify
+	@mkdir -p $(DEMO)
+	$(PY) -m tools.profile_loader --shards $(SAMPLE_SHARDS) --loaders dali,dali-range,torch,mp4 \
+	  --batch 16 --batches 2 --repeats 2 --json $(DEMO)/profile.json --png $(DEMO)/profile.png
+	$(MAKE) --no-print-directory train SHARDS=$(SAMPLE_SHARDS) CONFIG=configs/tcore_tiny_cpu.yaml \
+	  OUT=$(DEMO)/train STEPS=100 GPUS=0
+	$(PY) -m evaluation.synthetic $(DEMO)/eval_data
+	$(PY) -m tools.eval_propagation --ckpt $(DEMO)/train/teacher.pth --task davis \
+	  --root $(DEMO)/eval_data/davis --out $(DEMO)/eval_davis
+	$(PY) -m tools.demo_summary $(SAMPLE_SHARDS) $(DEMO)
 
 test: setup
 	$(PY) -m ruff check .
@@ -65,8 +75,9 @@ bench-shards: setup
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
 	$(PY) -m tools.bench_shards
 
-# loader profiling (ROOT = the source collection, for the mp4 loader; defaults to the sample tree)
 SHARDS ?= $(SAMPLE_SHARDS)
+
+# loader profiling (ROOT = the source collection, for the mp4 loader; defaults to the sample tree)
 LOADERS ?= dali,dali-range,torch,mp4,ffcv
 WORKLOADS ?= tcore,simple
 BATCHES ?=
@@ -89,6 +100,26 @@ ffcv: setup
 	  $(PY) -m pip install --quiet numba assertpy fastargs pytorch_pfn_extras terminaltables tqdm opencv-python-headless \
 	  || echo "ffcv could not be installed: the profiler will skip it"; fi
 
+# training (T-CoRe): one process per GPU under torchrun; without a GPU one CPU process (gloo)
+GPUS ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+NODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+CONFIG ?= $(if $(filter 0,$(GPUS)),configs/tcore_tiny_cpu.yaml,configs/tcore_vits16_k400.yaml)
+STEPS ?=
+# every key.sub=value on the make command line is passed through to the trainer
+TRAIN_OVERRIDES = $(strip $(foreach v,$(filter-out .%,$(.VARIABLES)),$(if $(and $(findstring command line,$(origin $(v))),$(findstring .,$(v))),$(v)=$($(v)))))
+NPROC = $(if $(filter 0,$(GPUS)),1,$(GPUS))
+train: setup
+	$(PY) -m torch.distributed.run --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) \
+	  --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
+	  -m tools.train --shards "$(SHARDS)" --config "$(CONFIG)" \
+	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(if $(STEPS),train.max_steps=$(STEPS)) $(TRAIN_OVERRIDES)
+
+bench-train: setup
+	$(PY) -m tools.bench_train --shards "$(SHARDS)" --config "$(CONFIG)" $(TRAIN_OVERRIDES)
+
 # evaluation by label propagation (DAVIS-2017 / JHMDB / VIP)
 CKPT ?=
 TASK ?= davis
@@ -101,4 +132,4 @@ eval: setup
 	  $(call opt,device,$(DEVICE)) $(EVAL_ARGS)
 
 clean:
-	rm -rf data/sample_shards data/sample_kinetics .pytest_cache
+	rm -rf data/sample_shards data/sample_kinetics data/demo .pytest_cache

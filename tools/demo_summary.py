@@ -1,0 +1,70 @@
+"""``python -m tools.demo_summary DIR``: one table of what ``make demo`` produced and where."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _last_metrics(path: Path) -> tuple[dict, dict]:
+    if not path.is_file():
+        return {}, {}
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return (lines[0], lines[-1]) if lines else ({}, {})
+
+
+def rows(shards: Path, demo: Path) -> list[tuple[str, str, str]]:
+    """(stage, result, where) for each demo stage that produced output."""
+    out = []
+    card = _json(shards / "dataset.json")
+    if card:
+        splits = card["splits"]
+        samples = sum(s["samples"] for s in splits.values())
+        rejected = sum(s["rejected"] for s in splits.values())
+        missing = sum(s["missing"] for s in splits.values())
+        mb = sum(s["bytes"] for s in splits.values()) / 2**20
+        out.append(("shards", f"{samples} clips in {len(splits)} splits, {mb:.1f} MB; "
+                    f"{rejected} rejected, {missing} missing (listed)", str(shards)))
+    prof = _json(demo / "profile.json").get("loaders", {})
+    if prof:
+        rates = ", ".join(f"{k} {v['triplets_per_s']:.0f}" for k, v in prof.items())
+        out.append(("loader profile (tcore, triplets/s)", rates, str(demo / "profile.png")))
+    first, last = _last_metrics(demo / "train" / "metrics.jsonl")
+    if last:
+        out.append(("training (tiny ViT, CPU)", f"{last['step']} steps, loss {first['loss']:.2f} -> {last['loss']:.2f}",
+                    str(demo / "train")))
+    summary = _json(demo / "eval_davis" / "summary.json")
+    if summary:
+        out.append(("label propagation (generated DAVIS)",
+                    f"J&F {summary['J&F-Mean']:.3f} (J {summary['J-Mean']:.3f}, F {summary['F-Mean']:.3f})",
+                    str(demo / "eval_davis")))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.demo_summary", description=__doc__)
+    p.add_argument("shards", help="the sample shards directory")
+    p.add_argument("demo", help="the directory holding the demo's other outputs")
+    a = p.parse_args(argv)
+    table = Table(title="make demo: what ran and where it went")
+    for col in ("stage", "result", "output"):
+        table.add_column(col)
+    for r in rows(Path(a.shards), Path(a.demo)):
+        table.add_row(*r)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
