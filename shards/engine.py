@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing as mp
 import queue
+import socket
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +39,16 @@ class Engine(Protocol):
         ...
 
 
+def run_task(task: ShardTask, split_dir: Path, on_clip: ClipCallback) -> dict[str, Any]:
+    """Run one shard task where it was sent; a failed write names the shard it was writing."""
+    try:
+        return run_shard(task, split_dir, on_clip)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() carries no file name: give the shard's
+            exc.filename = str(split_dir / f"{task.name}.tar")
+        raise
+
+
 # ---------------------------------------------------------------- local worker processes
 
 _events: Any = None
@@ -49,7 +60,7 @@ def _init_worker(events: Any) -> None:
 
 
 def _run_in_worker(task: ShardTask, split_dir: str) -> dict[str, Any]:
-    return run_shard(task, Path(split_dir), _events.put)
+    return run_task(task, Path(split_dir), _events.put)
 
 
 def _drain(events: Any, on_clip: ClipCallback) -> None:
@@ -115,10 +126,23 @@ def _ray_shard_task(task: ShardTask, split_dir: str, sink: Any) -> dict[str, Any
     def report(event: dict) -> None:
         sent.append(sink.add.remote(task.name, len(sent), event))
 
-    stats = run_shard(task, Path(split_dir), report)
+    stats = run_task(task, Path(split_dir), report)
     if sent:
         ray.get(sent[-1])  # calls from one caller run in order: every event has arrived
     return stats
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (one line) when nothing listens at a ``host:port`` Ray address (Ray itself retries
+    for minutes). Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(f"RAY_ADDRESS {address}: nothing answers there ({exc.strerror or exc}); "
+                           "start the head with `ray start --head` or fix the address") from None
 
 
 class RayEngine:
@@ -142,7 +166,12 @@ class RayEngine:
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if self.address:
             package = str(Path(shards.__file__).parent)
-            ray.init(address=self.address, runtime_env={"py_modules": [package]}, **quiet)
+            try:
+                ray.init(address=self.address, runtime_env={"py_modules": [package]}, **quiet)
+            except ConnectionError as exc:
+                raise RuntimeError(f"RAY_ADDRESS {self.address}: cannot join the Ray cluster there "
+                                   f"({str(exc).splitlines()[0]}); if it uses token authentication, "
+                                   "set RAY_AUTH_MODE=token and give its token") from None
             self.workers = self.limit or int(ray.cluster_resources().get("CPU", 0)) or self.workers
         else:
             ray.init(address="local", num_cpus=self.workers, **quiet)
@@ -194,8 +223,9 @@ class RayEngine:
             raise (cause or RuntimeError(f"shard {task.name}: {exc}")) from None
         except ray.exceptions.RayError as exc:
             raise RuntimeError(
-                f"shard {task.name}: failed {self.max_retries + 1} times ({type(exc).__name__}: worker killed, "
-                "out of memory or node lost); re-run the same command to resume") from None
+                f"shard {task.name}: its worker was lost on all {self.max_retries + 1} attempt(s) "
+                f"({type(exc).__name__}: killed, out of memory or node lost); re-run the same command to resume"
+            ) from None
 
 
 def make_engine(cfg: ShardsConfig) -> Engine:
@@ -205,6 +235,8 @@ def make_engine(cfg: ShardsConfig) -> Engine:
     if cfg.engine == "ray":
         if importlib.util.find_spec("ray") is None:
             raise ValueError("ENGINE=ray needs the ray package: pip install -e '.[ray]'")
+        if cfg.ray_address:
+            check_reachable(cfg.ray_address)
         limit = cfg.workers if cfg.ray_address else 0
         return RayEngine(cfg.num_workers, cfg.ray_address, cfg.max_retries, limit)
     raise ValueError(f"ENGINE must be 'local' or 'ray', got '{cfg.engine}'")
