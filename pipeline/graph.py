@@ -61,7 +61,7 @@ def _read_range(source: RangeSource):
     return [past, cur, fut], frame_idx, t, sid
 
 
-@pipeline_def(enable_conditionals=True)
+@pipeline_def
 def triplet_graph(cfg: PipelineConfig, device: str, files: list[str], index_files: list[str],
                   shard_id: int, num_shards: int, reader_seed: int, initial_fill: int,
                   source: RangeSource | None):

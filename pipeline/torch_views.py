@@ -3,6 +3,8 @@
 Input: three PIL RGB images (past, current, future). Output: the dict of CHW float tensors
 that one sample of ``pipeline.loader`` holds: ``current_global`` [G,3,H,W], ``current_local``
 [L,3,h,w], ``past`` / ``future`` [2,3,H,W] (``simple``: one random-resized crop per frame).
+Interpolation as in ``pipeline.augment``: bicubic global and centred crops, ``local_interp``
+for the local crops, bilinear for the ``simple`` workload.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from torchvision.transforms import v2
 
 from pipeline.config import PipelineConfig
 
-BICUBIC = v2.InterpolationMode.BICUBIC
+BICUBIC, BILINEAR = v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR
+INTERP = {"cubic": BICUBIC, "linear": BILINEAR}
 
 
 class PilBlur:
@@ -49,14 +52,17 @@ class TorchViews:
         self.cfg = cfg
         g, l_ = [cfg.global_size] * 2, [cfg.local_size] * 2
         rrc_g = v2.RandomResizedCrop(g, scale=cfg.global_scale, ratio=cfg.ratio, interpolation=BICUBIC, antialias=True)
-        rrc_l = v2.RandomResizedCrop(l_, scale=cfg.local_scale, ratio=cfg.ratio, interpolation=BICUBIC, antialias=True)
+        rrc_l = v2.RandomResizedCrop(l_, scale=cfg.local_scale, ratio=cfg.ratio, interpolation=INTERP[cfg.local_interp],
+                                     antialias=True)
+        # simple: one bilinear (antialiased) crop per frame, the work FFCV's decoder does
+        rrc_s = v2.RandomResizedCrop(g, scale=cfg.global_scale, ratio=cfg.ratio, interpolation=BILINEAR, antialias=True)
         solar = cfg.solarize_p
         self.global_t = [v2.Compose([rrc_g, *_colour(cfg, cfg.blur_p[min(i, 1)], solar if i == 1 else 0.0), *_tail(cfg)])
                          for i in range(cfg.num_global)]
         self.local_t = v2.Compose([rrc_l, v2.RandomHorizontalFlip(0.5), *_colour(cfg, cfg.blur_p[2], 0.0), *_tail(cfg)])
         self.context_t = [v2.Compose([*_colour(cfg, cfg.blur_p[0], 0.0), *_tail(cfg)]),
                           v2.Compose([*_colour(cfg, cfg.blur_p[1], solar), *_tail(cfg)])]
-        self.simple_t = v2.Compose([rrc_g, *_tail(cfg)])
+        self.simple_t = v2.Compose([rrc_s, *_tail(cfg)])
 
     def centred(self, img: Image.Image) -> Image.Image:
         """The largest centred crop with aspect within ``ratio``, resized to global_size²."""
