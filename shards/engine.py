@@ -11,8 +11,10 @@ returns each task's stats by shard name. Errors raised inside a task (e.g. ``OSE
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import multiprocessing as mp
+import os
 import queue
 import socket
 from collections.abc import Callable
@@ -132,6 +134,11 @@ def _ray_shard_task(task: ShardTask, split_dir: str, sink: Any) -> dict[str, Any
     return stats
 
 
+def _absolute_paths(task: ShardTask) -> ShardTask:
+    """The task with absolute source paths (a worker's directory need not be the driver's)."""
+    return dataclasses.replace(task, clips=[dataclasses.replace(c, path=os.path.abspath(c.path)) for c in task.clips])
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast (one line) when nothing listens at a ``host:port`` Ray address (Ray itself retries
     for minutes). Other forms (``auto``, ``ray://...``) are left to Ray."""
@@ -187,7 +194,7 @@ class RayEngine:
             remote = ray.remote(_ray_shard_task).options(
                 num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)
             forwarded: set[tuple[str, int]] = set()
-            todo, done = list(tasks), {}
+            todo, done, out = [_absolute_paths(t) for t in tasks], {}, out.absolute()
             while todo or pending:
                 while todo and (not self.limit or len(pending) < self.limit):
                     task = todo.pop(0)

@@ -11,6 +11,9 @@ from pathlib import Path
 from shards.shard import shard_is_finished
 from shards.tario import check_index_against_tar
 
+DISK_BYTES = 32 * 2**20  # the small disk of the full-disk tests
+FREE_BYTES = 900 * 2**10  # space left on it: a few one-clip shards of the sample at FPS=3
+
 
 def sharder_cmd(root: Path, out: Path, *extra: str) -> list[str]:
     """``python -m shards`` on the val and test splits of a Kinetics-layout ``root``, 1 clip a shard."""
@@ -48,3 +51,20 @@ def assert_finished_shards_are_whole(out: Path) -> int:
 def card(out: Path) -> dict:
     """The dataset card of a finished job."""
     return json.loads((out / "dataset.json").read_text())
+
+
+def fill_disk(disk: Path, free: int = FREE_BYTES) -> Path:
+    """Leave ``free`` bytes free on the DISK_BYTES disk ``disk``; returns the filler file (delete it to free space)."""
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (DISK_BYTES - free))
+    return filler
+
+
+def check_stopped_cleanly(out: Path, err: str, reason: str) -> None:
+    """One error line naming a file the sharder was writing and the reason; no half shard looks finished."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: disk full while writing {out}/") and f"({reason})" in lines[0]
+    assert "re-run the same command to resume" in lines[0]
+    assert not (out / "dataset.json").exists()
+    assert assert_finished_shards_are_whole(out) >= 1

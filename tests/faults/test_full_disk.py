@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from shards.cli import main as shards_main
 from tests.faults.common import (
-    assert_finished_shards_are_whole,
+    check_stopped_cleanly,
+    fill_disk,
     output_files,
     run_sharder,
     sharder_cmd,
 )
 
-DISK_BYTES = 4 * 2**20
-FREE_BYTES = 900 * 2**10  # the val+test shards of the sample need ~1.7 MB
 FILE_LIMIT = 240 * 2**10  # the largest one-clip shard of the sample is ~280 KB, the smallest ~160 KB
 
 
@@ -38,37 +35,9 @@ def reference(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return output_files(out)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A DISK_BYTES tmpfs mounted at a fresh folder (skips where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def check_stopped_cleanly(out: Path, err: str, reason: str) -> None:
-    """One error line naming a file the sharder was writing and the reason; no half shard looks finished."""
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"error: disk full while writing {out}/") and f"({reason})" in lines[0]
-    assert "re-run the same command to resume" in lines[0]
-    assert not (out / "dataset.json").exists()
-    assert assert_finished_shards_are_whole(out) >= 1
-
-
 def test_full_disk_stops_clearly_and_resume_after_freeing_space_loses_nothing(
         sample_root: Path, small_disk: Path, reference: dict[str, bytes], capsys) -> None:
-    filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (DISK_BYTES - FREE_BYTES))
+    filler = fill_disk(small_disk)
     out = small_disk / "out"
     args = sharder_cmd(sample_root, out, "--workers", "2")[3:]
     assert shards_main(args) == 1

@@ -17,7 +17,13 @@ import psutil
 import pytest
 
 from shards.cli import main as shards_main
-from tests.faults.common import assert_finished_shards_are_whole, output_files, run_sharder
+from tests.faults.common import (
+    assert_finished_shards_are_whole,
+    check_stopped_cleanly,
+    fill_disk,
+    output_files,
+    run_sharder,
+)
 
 pytest.importorskip("ray")
 
@@ -99,6 +105,20 @@ def test_ray_gives_up_after_max_retries_and_the_resume_completes(sample_root: Pa
     assert f"error: shard {shard}: its worker was lost on all 1 attempt(s)" in err and "re-run" in err
     assert not (out / "dataset.json").exists()
     assert_finished_shards_are_whole(out)
+    resumed = run_sharder(cmd(sample_root, out)[:-2])  # the same job resumed on the local engine
+    assert resumed.returncode == 0, resumed.stderr
+    assert output_files(out) == reference
+
+
+@pytest.mark.slow
+def test_ray_full_disk_reaches_the_driver_with_its_errno_and_resume_completes(
+        sample_root: Path, small_disk: Path, reference: dict[str, bytes]) -> None:
+    filler = fill_disk(small_disk, free=5 * 2**20)  # the job needs ~14 MB, its shards ~2-3 MB each
+    out = small_disk / "out"
+    failed = run_sharder(cmd(sample_root, out), env=ray_env())
+    assert failed.returncode == 1
+    check_stopped_cleanly(out, failed.stderr, os.strerror(28))
+    filler.unlink()
     resumed = run_sharder(cmd(sample_root, out)[:-2])  # the same job resumed on the local engine
     assert resumed.returncode == 0, resumed.stderr
     assert output_files(out) == reference
