@@ -20,11 +20,17 @@ SHARD_MB ?=
 MAX_PER_SHARD ?=
 MIN_FRAMES ?=
 LIMIT ?=
+ENGINE ?=
+RAY_ADDRESS ?=
+MAX_RETRIES ?=
 opt = $(if $(strip $(2)),--$(1) "$(strip $(2))")
 SHARD_FLAGS = --data $(DATA) --out "$(OUT)" $(call opt,root,$(ROOT)) $(call opt,csv,$(CSV)) \
   $(call opt,splits,$(SPLITS)) $(call opt,fps,$(FPS)) $(call opt,size,$(SIZE)) \
   $(call opt,quality,$(QUALITY)) $(call opt,workers,$(WORKERS)) $(call opt,shard-mb,$(SHARD_MB)) \
-  $(call opt,max-per-shard,$(MAX_PER_SHARD)) $(call opt,min-frames,$(MIN_FRAMES)) $(call opt,limit,$(LIMIT))
+  $(call opt,max-per-shard,$(MAX_PER_SHARD)) $(call opt,min-frames,$(MIN_FRAMES)) $(call opt,limit,$(LIMIT)) \
+  $(call opt,engine,$(ENGINE)) $(call opt,ray-address,$(RAY_ADDRESS)) $(call opt,max-retries,$(MAX_RETRIES))
+RAY_INSTALL = $(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install --quiet -e '.[ray]'
+
 
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
@@ -56,6 +62,7 @@ demo: setup
 	$(PY) -m tools.demo_summary $(SAMPLE_SHARDS) $(DEMO)
 
 test: setup
+	@$(RAY_INSTALL)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -66,6 +73,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 shards: setup
+	@$(if $(filter ray,$(ENGINE)),$(RAY_INSTALL))
 	$(PY) -m shards $(SHARD_FLAGS)
 
 inspect: setup

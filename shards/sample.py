@@ -64,6 +64,21 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 25, faststart: 
             out.mux(packet)
 
 
+def write_audio_only(path: Path) -> None:
+    """An mp4 holding one second of AAC audio and no video stream."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        tone = (np.sin(np.arange(16000) / 10.0) * 0.2).astype(np.float32)[None, :]
+        for i in range(0, 16000, 1024):
+            frame = av.AudioFrame.from_ndarray(tone[:, i:i + 1024].copy(), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
 def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
     """All frames of a video as RGB arrays, and its frame rate."""
     with av.open(str(path)) as container:
@@ -166,16 +181,6 @@ def _add_broken(root: Path, table: _Csv) -> None:
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) * 2 // 5])
     write_video(folder / table.add(label, youtube_id("short"), 0, 10, "train"), good[:2])
-    audio = folder / table.add(label, youtube_id("audio"), 0, 10, "train")
-    with av.open(str(audio), "w") as out:
-        stream = out.add_stream("aac", rate=16000)
-        samples = (np.sin(np.arange(16000) / 10.0) * 0.2).astype(np.float32)[None, :]
-        for i in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, i:i + 1024].copy(), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    write_audio_only(folder / table.add(label, youtube_id("audio"), 0, 10, "train"))
     for k in range(2):  # listed in the CSV, absent on disk
         table.add(label, youtube_id(f"missing{k}"), 0, 10, "train")

@@ -16,6 +16,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from shards.sample import write_audio_only
+
 RATE = 6  # frames per second of most sources: 12 frames = 2 s = 6 output frames at FPS=3
 SHARD_FLAGS = ["--fps", "3", "--size", "64", "--min-frames", "4"]
 
@@ -45,21 +47,6 @@ def encode(path: Path, images: list[np.ndarray], codec: str = "libx264", pix_fmt
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             if times_ms:
                 frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
-def audio_only(path: Path) -> None:
-    """An AAC-only file (no video stream)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=16000)
-        tone = (np.sin(np.arange(16000) / 9.0) * 0.2).astype(np.float32)[None, :]
-        for i in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(tone[:, i:i + 1024].copy(), format="fltp", layout="mono")
-            frame.sample_rate = 16000
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
@@ -104,7 +91,7 @@ def build_hostile(root: Path) -> dict[tuple[str, str], str]:
     t.add("train", "renamed", "rejected").write_bytes(jpeg.getvalue())  # a JPEG named .mp4
     garbage = t.add("train", "renamed", "rejected")
     garbage.write_text("<html>this is an error page, not a video</html>\n")
-    audio_only(t.add("train", "audio only", "rejected"))
+    write_audio_only(t.add("train", "audio only", "rejected"))
     encode(t.add("train", "one frame", "rejected"), good[:1])
     encode(t.add("train", "portrait", "ok"), frames(12, 96, 64))
     encode(t.add("train", "rotated", "ok"), good, rotation=90)
