@@ -110,7 +110,7 @@ def quality_grid(paths: list[str], size: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench_shards", description=__doc__.splitlines()[0])
     p.add_argument("--sample-root", default="data/sample_kinetics")
-    p.add_argument("--copies", type=int, default=6, help="links to each sample clip (more clips, steadier rates)")
+    p.add_argument("--copies", type=int, default=10, help="links to each sample clip (more clips, steadier rates)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="write the figures here")
     a = p.parse_args(argv)
