@@ -19,6 +19,9 @@ Photometric steps, per view, in this order (the recipe's probabilities and range
   split/merge of the batch;
 - solarize with probability p: one 512-entry ``lookup_table`` on value + 256·coin (identity
   table for the first 256 entries, 255 − v for v >= 128 in the second).
+Views of an output that share their blur and solarize probabilities form one sequence (e.g.
+global view 1 and global view 2 are two groups), so blur and solarize run only on the views
+they can change.
 
 Geometry: global crops and the past/future centred crop are bicubic (antialiased when
 downscaling, as PIL and torchvision do), as the recipe asks. Local 96² crops use
@@ -43,11 +46,6 @@ CUBIC, LINEAR = types.INTERP_CUBIC, types.INTERP_LINEAR
 INTERP = {"cubic": CUBIC, "linear": LINEAR}
 # solarize: entries 0..255 are the identity, 256..511 the solarized value of (entry - 256)
 SOLARIZE_LUT = list(range(256)) + [v if v < 128 else 255 - v for v in range(256)]
-
-
-def _like(node, img):
-    """``node`` (a CPU per-sample value) on the device of ``img``, for arithmetic with it."""
-    return node.gpu() if img.device == "gpu" else node
 
 
 def _const(values) -> object:
@@ -77,7 +75,11 @@ def jitter(seq, cfg: PipelineConfig, n: int):
 
 
 def gaussian_blur(seq, cfg: PipelineConfig, probs: list[float]):
-    """Blur view i with probability ``probs[i]``, sigma uniform in ``cfg.blur_sigma``; see the module docstring."""
+    """Blur view i with probability ``probs[i]``, sigma uniform in ``cfg.blur_sigma``; see the module docstring.
+
+    Every view of a sample uses the same kernel width (per-frame filters share a shape): the
+    widest window among its views, zero-padded, so that a sample with light or no blur pays less.
+    """
     n = len(probs)
     r_max = math.ceil(3.0 * cfg.blur_sigma[1])
     k = np.arange(-r_max, r_max + 1, dtype=np.float32)
@@ -86,32 +88,49 @@ def gaussian_blur(seq, cfg: PipelineConfig, probs: list[float]):
     taps = dmath.exp(_const(k * k) * (-0.5 / (sigma * sigma))) * fn.cast(_const(np.abs(k)) <= radius,
                                                                           dtype=types.FLOAT)
     taps = taps / fn.reshape(fn.reductions.sum(taps, axes=[1]), shape=[n, 1])
-    seq = fn.filter(seq, fn.per_frame(fn.reshape(taps, shape=[n, 1, 2 * r_max + 1])))
-    return fn.filter(seq, fn.per_frame(fn.reshape(taps, shape=[n, 2 * r_max + 1, 1])))
+    widest = fn.cast(fn.reductions.max(radius), dtype=types.INT32)
+    taps = fn.slice(taps, fn.reshape(r_max - widest, shape=[1]), fn.reshape(2 * widest + 1, shape=[1]), axes=[1])
+    seq = fn.filter(seq, fn.per_frame(fn.expand_dims(taps, axes=[1])))  # [n, 1, w]: along rows
+    return fn.filter(seq, fn.per_frame(fn.expand_dims(taps, axes=[2])))  # [n, w, 1]: along columns
 
 
-def solarize(seq, probs: list[float]):
-    """Solarize view i (v -> 255 - v for v >= 128) with probability ``probs[i]``, as one table lookup."""
-    n = len(probs)
-    shift = fn.reshape(fn.cast(_coins(probs) * 256.0, dtype=types.INT16), shape=[n, 1, 1, 1])
-    return fn.lookup_table(fn.cast(seq, dtype=types.INT16) + _like(shift, seq), keys=list(range(512)),
-                           values=SOLARIZE_LUT, dtype=types.UINT8)
+def solarize(seq, cfg: PipelineConfig, p: float, n: int):
+    """Solarize each of the ``n`` views (v -> 255 - v for v >= 128) with probability ``p``.
+
+    ``brightness_contrast`` adds 256 to the views whose coin says yes (its shift is in units of
+    its int16 output's maximum; brightness and contrast stay 1), then one 512-entry table maps
+    v to v and 256 + v to the solarized v.
+    """
+    shift = _coins([p] * n) * (256.0 / 32767.0)
+    seq = fn.brightness_contrast(seq, brightness_shift=fn.per_frame(shift), dtype=types.INT16)
+    return fn.lookup_table(seq, keys=list(range(512)), values=SOLARIZE_LUT, dtype=types.UINT8)
+
+
+def _group(views: list, cfg: PipelineConfig, blur_p: float, solarize_p: float):
+    """Views sharing probabilities → one uint8 sequence [n,H,W,3], jittered, blurred, solarized."""
+    n = len(views)
+    seq = fn.stack(*views, axis_name="F") if n > 1 else fn.expand_dims(views[0], axes=[0], new_axis_names="F")
+    seq = jitter(seq, cfg, n)
+    if blur_p > 0:
+        seq = gaussian_blur(seq, cfg, [blur_p] * n)
+    if solarize_p > 0:
+        seq = solarize(seq, cfg, solarize_p, n)
+    return seq
 
 
 def photometric(views: list, cfg: PipelineConfig, blur_p: list[float], solarize_p: list[float], out_dtype):
     """HWC uint8 views of one size → colour, blur, solarize per view → [V,3,H,W] normalised.
 
-    The views are stacked as one uint8 sequence and every step draws per view (per frame), so
-    the graph has a few operators per output instead of a few per view.
+    Consecutive views with the same blur and solarize probabilities are stacked as one uint8
+    sequence and every step draws per view (per frame), so the graph has a few operators per
+    group instead of a few per view, and a step runs only on the views it can change.
     """
-    n = len(views)
-    seq = fn.stack(*views, axis_name="F") if n > 1 else fn.expand_dims(views[0], axes=[0], new_axis_names="F")
-    seq = jitter(seq, cfg, n)
-    if any(p > 0 for p in blur_p):
-        seq = gaussian_blur(seq, cfg, blur_p)
-    if any(p > 0 for p in solarize_p):
-        seq = solarize(seq, solarize_p)
-    return normalize(seq, cfg, out_dtype)
+    groups, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or (blur_p[i], solarize_p[i]) != (blur_p[start], solarize_p[start]):
+            groups.append(_group(views[start:i], cfg, blur_p[start], solarize_p[start]))
+            start = i
+    return normalize(groups[0] if len(groups) == 1 else fn.cat(*groups, axis=0), cfg, out_dtype)
 
 
 def normalize(seq, cfg: PipelineConfig, out_dtype):

@@ -48,7 +48,12 @@ def test_blur_probability_is_per_view() -> None:
 
 
 def test_solarize_per_view() -> None:
-    (ours,) = _run(lambda img: (solarize(_seq(img, 2), [1.0, 0.0]),))
-    for seq, img in zip(ours, IMAGES):
-        assert np.array_equal(seq[0], np.where(img >= 128, 255 - img, img))
-        assert np.array_equal(seq[1], img)
+    cfg = PipelineConfig()
+    always, half = _run(lambda img: (solarize(_seq(img, 2), cfg, 1.0, 2), solarize(_seq(img, 8), cfg, 0.5, 8)))
+    flipped = 0
+    for seq, mixed, img in zip(always, half, IMAGES):
+        solar = np.where(img >= 128, 255 - img, img)
+        assert all(np.array_equal(v, solar) for v in seq)
+        assert all(np.array_equal(v, solar) or np.array_equal(v, img) for v in mixed)
+        flipped += sum(np.array_equal(v, solar) for v in mixed)
+    assert 0 < flipped < 8 * len(IMAGES)  # each view draws its own coin
