@@ -214,3 +214,16 @@ def test_display_rotation_is_applied(tmp_path: Path) -> None:
     assert (clip.width, clip.height) == (48, 64) and clip.rotation == 90
     img = np.asarray(Image.open(io.BytesIO(clip.mjpeg[: clip.offsets[1]])).convert("L"))
     assert img[-6:, :6].mean() > 200 and img[:6, :6].mean() < 100  # top-left went to bottom-left
+
+
+def test_unreadable_and_directory_sources_are_rejected_with_reasons(tmp_path: Path) -> None:
+    root = tmp_path / "f"
+    write_video(root / "train" / "cls" / "good.mp4", indexed_frames(10))
+    (root / "train" / "cls").joinpath("dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (root / "train" / "cls" / "a_directory.mp4").mkdir()
+    (root / "train" / "cls" / "a_directory.mp4" / "x.txt").write_text("not a video")
+    out = tmp_path / "out"
+    assert run(["--data", "folder", "--root", str(root), "--out", str(out), "--fps", "0"]) == 0
+    rejected = {r["key"]: r for r in pq.read_table(out / "rejected.parquet").to_pylist()}
+    assert rejected["dangling"]["stage"] == "open" and "unreadable file" in rejected["dangling"]["reason"]
+    assert pq.read_table(out / "train" / "manifest.parquet").column("key").to_pylist() == ["good"]
