@@ -121,7 +121,8 @@ def measure(make_iter: Callable[[], Iterator[dict]], *, batch_size: int, batches
         del it
     tps = statistics.median(rates)
     return {"triplets_per_s": tps, "frames_per_s": 3 * tps, "decoded_per_delivered": decoded / (3 * triplets),
-            "first_batch_s": first, "cpu_util": cpu / wall / ncpu, "peak_rss_mb": peak.peak / 2**20,
+            "first_batch_s": first, "cpu_util": cpu / wall / ncpu, "cpu_ms_per_triplet": 1000 * cpu / triplets,
+            "peak_rss_mb": peak.peak / 2**20,
             "bytes_read_per_triplet": rchar / delivered, "repeats_triplets_per_s": rates}
 
 

@@ -9,7 +9,7 @@ import pytest
 from tools.profile_loader import main
 
 KEYS = {"triplets_per_s", "frames_per_s", "decoded_per_delivered", "first_batch_s", "cpu_util",
-        "peak_rss_mb", "bytes_read_per_triplet"}
+        "peak_rss_mb", "bytes_read_per_triplet", "cpu_ms_per_triplet"}
 
 
 @pytest.mark.slow
@@ -29,3 +29,6 @@ def test_profile_loader_writes_figures(sample_shards, sample_root, tmp_path) -> 
     # range reads only the 3 JPEGs: far fewer bytes than whole samples
     assert loaders["dali-range"]["bytes_read_per_triplet"] < 0.5 * loaders["dali"]["bytes_read_per_triplet"]
     assert report["loaders"] == {}  # no tcore workload was asked for
+    ratio = report["ratios"]["simple"]
+    assert ratio["dali/mp4"] == pytest.approx(loaders["dali"]["triplets_per_s"] / loaders["mp4"]["triplets_per_s"])
+    assert "dali-range/ceiling" in ratio and "dali/dali-range" not in ratio

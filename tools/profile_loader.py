@@ -3,9 +3,11 @@
 For each workload (``tcore``: the full T-CoRe view set; ``simple``: one random-resized crop per
 frame) and each loader (``dali``, ``dali-range``, ``torch``, ``mp4``, ``ffcv``), after warm-up:
 triplets/s and frames/s (median of repeats), decoded frames per delivered frame, first-batch
-latency, CPU utilisation (share of all cores, the loader's process tree), peak RSS, bytes read
+latency, CPU utilisation (share of all cores, the loader's process tree), CPU milliseconds per
+triplet (the figure that other jobs on a shared machine disturb least), peak RSS, bytes read
 per triplet; plus the decode ceiling (this machine decoding the shards' JPEGs alone, ÷ 3) and
-each loader as a fraction of it. Prints a table, writes ``--json`` and ``--png``. Trailing
+each loader as a fraction of it, and the DALI loaders' speed ratios to the others in the same
+run (``ratios``). Prints a table, writes ``--json`` and ``--png``. Trailing
 ``key=value`` arguments override ``PipelineConfig`` fields (e.g. ``global_size=112``).
 """
 
@@ -123,6 +125,19 @@ def describe_device(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def ratios(report: dict) -> dict:
+    """{workload: {"dali/torch": …, …}}: each DALI loader's triplets/s over every other loader's."""
+    out = {}
+    for workload, entry in report["workloads"].items():
+        rates = {k: v["triplets_per_s"] for k, v in entry["loaders"].items() if "triplets_per_s" in v}
+        out[workload] = {f"{d}/{o}": rates[d] / rates[o] for d in ("dali", "dali-range") if d in rates
+                         for o in rates if not o.startswith("dali")}
+        for d in ("dali", "dali-range"):
+            if d in rates:
+                out[workload][f"{d}/ceiling"] = rates[d] / report["ceiling_triplets_per_s"]
+    return out
+
+
 def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -131,20 +146,24 @@ def print_table(report: dict) -> None:
     for workload, entry in report["workloads"].items():
         table = Table(title=f"{workload} workload on {report['device']} (ceiling {ceil:.0f} triplets/s)")
         for col in ("loader", "triplets/s", "frames/s", "× ceiling", "decoded/delivered", "first batch s",
-                    "CPU util", "peak RSS MB", "KB read/triplet"):
+                    "CPU util", "CPU ms/triplet", "peak RSS MB", "KB read/triplet"):
             table.add_column(col, justify="left" if col == "loader" else "right")
         for name, r in entry["loaders"].items():
             if "skipped" in r:
-                table.add_row(name, "skipped", *[""] * 7)
+                table.add_row(name, "skipped", *[""] * 8)
                 continue
             table.add_row(name, f"{r['triplets_per_s']:.1f}", f"{r['frames_per_s']:.0f}",
                           f"{r['fraction_of_ceiling']:.2f}", f"{r['decoded_per_delivered']:.2f}",
-                          f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.0%}", f"{r['peak_rss_mb']:.0f}",
+                          f"{r['first_batch_s']:.2f}", f"{r['cpu_util']:.0%}", f"{r['cpu_ms_per_triplet']:.1f}",
+                          f"{r['peak_rss_mb']:.0f}",
                           f"{r['bytes_read_per_triplet'] / 1024:.0f}")
         Console().print(table)
         for name, r in entry["loaders"].items():
             if "skipped" in r:
                 Console().print(f"  {name} skipped: {r['skipped']}")
+        found = report.get("ratios", {}).get(workload, {})
+        if found:
+            Console().print("  " + ", ".join(f"{k} {v:.2f}×" for k, v in found.items()))
 
 
 def plot(report: dict, path: str) -> None:
@@ -192,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 entries[name] = r
             report["workloads"][workload] = {"loaders": entries}
     report["loaders"] = report["workloads"].get("tcore", {}).get("loaders", {})
+    report["ratios"] = ratios(report)
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
