@@ -117,3 +117,13 @@ def test_too_few_samples_for_ranks_times_batch(sample_shards) -> None:
         build_loader(small(split="val"), sample_shards, batch_size=4, device="cpu", rank=0, world_size=2)
     with pytest.raises(ValueError, match="device"):
         build_loader(small(), sample_shards, batch_size=2, device="tpu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batches_own_their_memory(sample_shards, dtype: str) -> None:
+    it = build_loader(small(num_local=0, dtype=dtype), sample_shards, batch_size=2, device="cpu").iter_epoch(0)
+    first = next(it)
+    kept = {k: first[k].clone() for k in ("current_global", "past", "future")}
+    for _ in it:  # later iterations reuse DALI's buffers; the batch handed out must not change
+        pass
+    assert all(torch.equal(first[k], v) for k, v in kept.items())
