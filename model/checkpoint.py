@@ -185,15 +185,25 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
 _REQUIRED = ("step", "student", "teacher", "optimizer", "centres")
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """One training checkpoint; ValueError naming the file when it is unreadable or incomplete."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
+        missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
+        raise ValueError(f"checkpoint {path} is unreadable (missing entries {missing})")
+    return state
+
+
 def load_latest_checkpoint(ckpt_dir: str | Path, log=print) -> dict[str, Any] | None:
     """Newest readable checkpoint; a corrupt/partial one is reported and the previous one used."""
     for path in reversed(list_checkpoints(ckpt_dir)):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
-                raise ValueError(f"missing entries {[k for k in _REQUIRED if k not in state]}")
-        except Exception as exc:  # noqa: BLE001 - fall back to an older file on any failure
-            log(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); trying the previous one")
+            state = read_checkpoint(path)
+        except ValueError as exc:
+            log(f"{exc}; trying the previous one")
             continue
         state["path"] = str(path)
         return state

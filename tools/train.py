@@ -1,8 +1,9 @@
 """Train T-CoRe on video shards: ``python -m tools.train --shards DIR --config PRESET [key=value ...]``.
 
 Runs as one process (CPU or one GPU) or under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
-``LOCAL_RANK``), one process per GPU, DDP over NCCL (GPU) or gloo (CPU). The device is chosen in
-``setup_distributed`` only. An "epoch" is ``train.iters_per_epoch`` iterations (the schedules'
+``LOCAL_RANK``), one process per GPU on one or more nodes, DDP over NCCL (GPU) or gloo (CPU). The
+device is chosen in ``setup_distributed`` only (``tools/distributed.py``). A restarted job (e.g. by
+``torchrun --max-restarts``) continues from the newest readable checkpoint that every rank agrees on. An "epoch" is ``train.iters_per_epoch`` iterations (the schedules'
 unit); the loader is consumed as a stream of its own passes, position ``divmod(step, len(loader))``.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import sys
 import time
@@ -23,12 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.checkpoint import (
-    export_teacher,
-    load_latest_checkpoint,
-    save_checkpoint,
-    teacher_state_dict,
-)
+from model.checkpoint import export_teacher, save_checkpoint, teacher_state_dict
 from model.config import ModelConfig
 from model.masks import make_masks
 from model.metrics import MetricsLogger
@@ -38,6 +33,13 @@ from model.tcore import TCoReStudent, views_from_batch
 from model.teacher import Teacher
 from pipeline.config import PipelineConfig
 from tools.config import config_to_dict, load_config, save_config
+from tools.distributed import (
+    Dist,
+    fault_step,
+    kill_once_for_test,
+    load_agreed_checkpoint,
+    setup_distributed,
+)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only by time and at epoch ends
     keep_checkpoints: int = 3
     resume: bool = True  # continue from the newest readable checkpoint in output_dir/checkpoints
+    dist_timeout_min: float = 10.0  # a collective waiting this long on a dead/hung peer fails the job
     seed: int = 0
     tensorboard: bool = True
 
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError("train.batch_size_per_gpu and train.epochs must be >= 1, train.iters_per_epoch >= 0")
         if self.max_steps < 0 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("train.max_steps must be >= 0, train.log_every and train.keep_checkpoints >= 1")
+        if not self.dist_timeout_min > 0:
+            raise ValueError(f"train.dist_timeout_min: must be > 0 minutes, got {self.dist_timeout_min}")
 
 
 @dataclass
@@ -90,34 +95,6 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class Dist:
-    """Process placement: the one place where the device and backend are chosen."""
-
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-
-def setup_distributed() -> Dist:
-    """CUDA + NCCL when a GPU is visible, else CPU + gloo; init the process group under torchrun."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-        torch.set_flush_denormal(True)  # tiny EMA/LayerScale values otherwise hit slow denormal paths
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return Dist(rank, world, local_rank, device)
 
 
 @dataclass
@@ -280,12 +257,15 @@ def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: in
     tc, nb, ipe = st.cfg.train, len(loader), st.sched.iters_per_epoch
     acc: dict[str, torch.Tensor] = {}
     n, wait, t0, last_ckpt, saved_at = 0, 0.0, time.perf_counter(), time.monotonic(), st.step
+    kill_at = fault_step()
     if nb < 1:
         raise ValueError("the loader has no batches per pass (fewer samples per rank than the batch size)")
     st.model.train()
     while st.step < stop:
         it = iter(loader.iter_epoch(st.step // nb, st.step % nb))
         while st.step < stop:
+            if st.step == kill_at:
+                kill_once_for_test(st.step, st.dist.rank, out)
             t_wait = time.perf_counter()
             batch = next(it, None)
             if batch is None:
@@ -315,18 +295,26 @@ def build_run_loader(cfg: RunConfig, shards: str, d: Dist) -> Any:
                         rank=d.rank, world_size=d.world)
 
 
+class InputError(ValueError):
+    """Bad input found while setting up (missing or broken shards): reported as one line, exit 2."""
+
+
 def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
     """Set up, resume if possible, train to the stop step, export the teacher. Returns a summary."""
-    d = setup_distributed()
+    d = setup_distributed(cfg.train.dist_timeout_min)
     out = Path(cfg.train.output_dir)
     logger = MetricsLogger(out, enabled=d.rank == 0, tensorboard=cfg.train.tensorboard)
-    loader = loader if loader is not None else build_run_loader(cfg, shards, d)
+    try:
+        loader = loader if loader is not None else build_run_loader(cfg, shards, d)
+    except ValueError as exc:  # bad shards: one line naming the file, before any training
+        logger.close()
+        raise InputError(str(exc)) from None
     ipe = cfg.train.iters_per_epoch or len(loader)
     st = build_state(cfg, d, ipe)
     if d.rank == 0:
         save_config(cfg, out / "config.yaml")
     if cfg.train.resume:
-        ckpt = load_latest_checkpoint(out / "checkpoints", log=logger.info)
+        ckpt = load_agreed_checkpoint(out / "checkpoints", d, log=logger.info)
         if ckpt is not None:
             restore(st, ckpt, logger.info)
             logger.info(f"resumed from {ckpt['path']} at step {st.step}")
@@ -383,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(cfg, args.shards)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

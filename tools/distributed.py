@@ -1,0 +1,123 @@
+"""Process placement for training: device and backend, the process group, a checkpoint every rank agrees on.
+
+Under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, one process per GPU, one or many
+nodes) the group is NCCL on GPUs and gloo on CPUs; ``setup_distributed`` is the one place that
+chooses. Collectives give up after ``timeout`` instead of waiting forever on a dead or hung peer,
+so a lost node ends the job (or lets ``torchrun --max-restarts`` restart it) in bounded time.
+
+Checkpoints are written by rank 0 into ``output_dir``, which must be on a filesystem every node
+shares. On resume rank 0 picks the newest readable one and every rank loads that same file.
+
+Test-only fault injection: ``TCORE_FAULT_KILL_AT_STEP=S`` makes rank ``TCORE_FAULT_RANK``
+(default 1) SIGKILL itself when it reaches step S, once per output directory (a marker file
+``.fault_killed_step<S>_rank<R>`` there remembers it), so that a restarted job runs through.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model.checkpoint import load_latest_checkpoint, read_checkpoint
+
+FAULT_STEP_ENV = "TCORE_FAULT_KILL_AT_STEP"
+FAULT_RANK_ENV = "TCORE_FAULT_RANK"
+
+
+@dataclass
+class Dist:
+    """Process placement: the one place where the device and backend are chosen."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+
+def setup_distributed(timeout_min: float = 10.0) -> Dist:
+    """CUDA + NCCL when a GPU is visible, else CPU + gloo; init the process group under torchrun.
+
+    ``timeout_min`` bounds every collective (and the NCCL watchdog): a peer that died or hangs
+    makes the others fail after that long instead of blocking forever.
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        torch.set_flush_denormal(True)  # tiny EMA/LayerScale values otherwise hit slow denormal paths
+    if world > 1 and not dist.is_initialized():
+        timeout = datetime.timedelta(minutes=timeout_min)
+        dist.init_process_group(backend, store=attempt_store(timeout), rank=rank, world_size=world,
+                                timeout=timeout, device_id=device if device.type == "cuda" else None)
+    return Dist(rank, world, local_rank, device)
+
+
+def attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """The ``env://`` rendezvous store, under a prefix unique to this ``torchrun`` restart attempt.
+
+    After ``--max-restarts`` relaunches the workers they meet again in the launcher's store,
+    which still holds the previous attempt's keys (the dead ranks' addresses); without a fresh
+    prefix the new process group would try to connect to those and wait out the timeout.
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"tcore_attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def load_agreed_checkpoint(ckpt_dir: Path, d: Dist, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Rank 0 picks the newest readable checkpoint in ``ckpt_dir``; every rank loads that same file.
+
+    Raises ValueError on a rank that cannot read the file rank 0 chose (``output_dir`` not shared).
+    """
+    state = load_latest_checkpoint(ckpt_dir, log=log) if d.rank == 0 else None
+    if d.world == 1:
+        return state
+    chosen = [state["path"] if state is not None else None]
+    dist.broadcast_object_list(chosen, src=0, device=d.device)
+    if d.rank == 0 or chosen[0] is None:
+        return state
+    try:
+        state = read_checkpoint(chosen[0])
+    except ValueError as exc:
+        raise ValueError(f"rank {d.rank} cannot read the checkpoint rank 0 resumes from ({exc}); "
+                         f"train.output_dir must be on a filesystem every node shares") from None
+    state["path"] = chosen[0]
+    return state
+
+
+def fault_step() -> int | None:
+    """The step of the test-only ``TCORE_FAULT_KILL_AT_STEP`` fault, or None when it is not set."""
+    raw = os.environ.get(FAULT_STEP_ENV, "")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"{FAULT_STEP_ENV}={raw!r}: expected a step number")
+    return int(raw)
+
+
+def kill_once_for_test(step: int, rank: int, out: Path) -> None:
+    """SIGKILL this process at ``step`` on the fault rank, unless the marker in ``out`` says it happened."""
+    if rank != int(os.environ.get(FAULT_RANK_ENV, "1")):
+        return
+    marker = out / f".fault_killed_step{step}_rank{rank}"
+    if marker.exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(marker, "w") as f:
+        f.write(f"rank {rank} killed itself at step {step} ({FAULT_STEP_ENV})\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
