@@ -2,9 +2,10 @@
 
 Runs as one process (CPU or one GPU) or under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``), one process per GPU on one or more nodes, DDP over NCCL (GPU) or gloo (CPU). The
-device is chosen in ``setup_distributed`` only (``tools/distributed.py``). A restarted job (e.g. by
-``torchrun --max-restarts``) continues from the newest readable checkpoint that every rank agrees on. An "epoch" is ``train.iters_per_epoch`` iterations (the schedules'
-unit); the loader is consumed as a stream of its own passes, position ``divmod(step, len(loader))``.
+device is chosen in ``setup_distributed`` only (``tools/distributed.py``). A restarted job (by hand
+or by ``torchrun --max-restarts``) continues from the newest readable checkpoint, the same on every
+rank. An "epoch" is ``train.iters_per_epoch`` iterations (the schedules' unit); the loader is
+consumed as a stream of its own passes, position ``divmod(step, len(loader))``.
 """
 
 from __future__ import annotations
@@ -303,12 +304,11 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
     """Set up, resume if possible, train to the stop step, export the teacher. Returns a summary."""
     d = setup_distributed(cfg.train.dist_timeout_min)
     out = Path(cfg.train.output_dir)
-    logger = MetricsLogger(out, enabled=d.rank == 0, tensorboard=cfg.train.tensorboard)
     try:
         loader = loader if loader is not None else build_run_loader(cfg, shards, d)
-    except ValueError as exc:  # bad shards: one line naming the file, before any training
-        logger.close()
+    except ValueError as exc:  # bad shards: one line naming the file, before anything is written
         raise InputError(str(exc)) from None
+    logger = MetricsLogger(out, enabled=d.rank == 0, tensorboard=cfg.train.tensorboard)
     ipe = cfg.train.iters_per_epoch or len(loader)
     st = build_state(cfg, d, ipe)
     if d.rank == 0:

@@ -1,0 +1,121 @@
+"""Training faults through the command line: each ends in a clear one-line message or a correct recovery.
+
+Killed mid-epoch (kill -9) and resumed: ``tests/test_train.py::test_kill_and_resume_matches_straight_run``
+(losses after the resume equal an uninterrupted run's). A rank or a node lost under torchrun:
+``tests/faults/test_multinode.py``. Here: a truncated newest checkpoint, a missing shard, and
+configs with an unknown key or a bad value.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import list_checkpoints, read_checkpoint
+from tests.faults.launch import (
+    PRESET,
+    ROOT,
+    RUN,
+    free_port,
+    records,
+    summary,
+    torchrun_cmd,
+    train_env,
+)
+from tools.train import main
+
+FAST = [*RUN, "train.max_steps=12"]
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread, as the subprocess runs get from OMP_NUM_THREADS=1 (DALI has its own threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(sample_shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one log message a line
+    out = tmp_path / "run"
+    args = ["--shards", str(sample_shards), "--config", PRESET, "--out", str(out), *FAST]
+    assert main(args) == 0
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in ckpts] == ["ckpt_000000004.pth", "ckpt_000000008.pth", "ckpt_000000012.pth"]
+    newest = ckpts[-1]
+    os.truncate(newest, newest.stat().st_size // 3)  # a partial write of the newest checkpoint
+    capsys.readouterr()
+
+    assert main([*args, "train.max_steps=16"]) == 0
+    log = capsys.readouterr().out
+    assert f"checkpoint {newest} is unreadable" in log and "trying the previous one" in log
+    assert f"resumed from {ckpts[1]} at step 8" in log
+    assert summary(out)["step"] == 16
+    read_checkpoint(newest)  # rewritten whole when the run passed step 12 again
+    first, again = {}, {}
+    for rec in records(out):  # steps 9-12 were logged by both runs: the redo matches exactly
+        (again if rec["step"] in first else first)[rec["step"]] = rec
+    assert sorted(first) == list(range(1, 17)) and sorted(again) == list(range(9, 13))
+    for step in range(9, 13):
+        assert again[step]["loss"] == first[step]["loss"], step
+
+
+@pytest.fixture()
+def shards_missing_one(sample_shards, tmp_path) -> tuple[Path, Path]:
+    """A copy of the sample shards with one training tar deleted; returns (shards, the missing tar)."""
+    shards = tmp_path / "shards"
+    shutil.copytree(sample_shards, shards)
+    tar = shards / "train" / "train-000002.tar"
+    tar.unlink()
+    return shards, tar
+
+
+def test_missing_shard_is_one_line_at_start(shards_missing_one, tmp_path):
+    shards, tar = shards_missing_one
+    cmd = [sys.executable, "-m", "tools.train", "--shards", str(shards), "--config", PRESET,
+           "--out", str(tmp_path / "run"), *FAST]
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(tar) in lines[0] and "missing" in lines[0]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_missing_shard_under_torchrun_fails_without_hanging(shards_missing_one, tmp_path):
+    shards, tar = shards_missing_one
+    cmd = torchrun_cmd(shards, tmp_path / "run", port=free_port(), nproc=2)
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert res.stderr.count(f"error: shard {tar}: listed in the dataset card but missing") == 2  # both ranks
+
+
+@pytest.mark.parametrize("override, key, reason", [
+    ("train.base_lr=abc", "train.base_lr", "expected a number"),
+    ("model.nope=1", "model.nope", "unknown config key"),
+    ("train.lr=0.1", "train.lr", "unknown config key"),
+    ("train.precision=fp8", "train.precision", "not one of"),
+    ("train.dist_timeout_min=0", "train.dist_timeout_min", "must be > 0"),
+    ("train.batch_size_per_gpu=2.5", "train.batch_size_per_gpu", "expected an integer"),
+])
+def test_bad_config_is_exit_2_with_one_line(sample_shards, tmp_path, capsys, override, key, reason):
+    code = main(["--shards", str(sample_shards), "--config", PRESET, "--out", str(tmp_path / "run"), override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and key in err[0] and reason in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_key_in_a_preset_file(sample_shards, tmp_path, capsys):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(Path(PRESET).read_text().replace("  keep_checkpoints: 2\n", "  keep_checkpionts: 2\n"))
+    assert main(["--shards", str(sample_shards), "--config", str(preset)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.keep_checkpionts" in err[0]
