@@ -94,7 +94,7 @@ def gaussian_blur(seq, cfg: PipelineConfig, probs: list[float]):
     return fn.filter(seq, fn.per_frame(fn.expand_dims(taps, axes=[2])))  # [n, w, 1]: along columns
 
 
-def solarize(seq, cfg: PipelineConfig, p: float, n: int):
+def solarize(seq, p: float, n: int):
     """Solarize each of the ``n`` views (v -> 255 - v for v >= 128) with probability ``p``.
 
     ``brightness_contrast`` adds 256 to the views whose coin says yes (its shift is in units of
@@ -114,7 +114,7 @@ def _group(views: list, cfg: PipelineConfig, blur_p: float, solarize_p: float):
     if blur_p > 0:
         seq = gaussian_blur(seq, cfg, [blur_p] * n)
     if solarize_p > 0:
-        seq = solarize(seq, cfg, solarize_p, n)
+        seq = solarize(seq, solarize_p, n)
     return seq
 
 

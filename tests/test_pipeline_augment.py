@@ -48,8 +48,7 @@ def test_blur_probability_is_per_view() -> None:
 
 
 def test_solarize_per_view() -> None:
-    cfg = PipelineConfig()
-    always, half = _run(lambda img: (solarize(_seq(img, 2), cfg, 1.0, 2), solarize(_seq(img, 8), cfg, 0.5, 8)))
+    always, half = _run(lambda img: (solarize(_seq(img, 2), 1.0, 2), solarize(_seq(img, 8), 0.5, 8)))
     flipped = 0
     for seq, mixed, img in zip(always, half, IMAGES):
         solar = np.where(img >= 128, 255 - img, img)
