@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import context_views, current_views, simple_view
+from pipeline.augment import simple_view, tcore_views
 from pipeline.config import PipelineConfig
 from pipeline.range_source import RangeSource
 from pipeline.sampling import graph_triplet
@@ -79,9 +79,8 @@ def triplet_graph(cfg: PipelineConfig, device: str, files: list[str], index_file
                           (jpegs[1], jpegs[0], jpegs[2]))
         return cur, past, fut, frame_idx, t, meta
     imgs = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB, **dec_kwargs) for j in jpegs]
-    cur_global, cur_local = current_views(imgs[1], cfg, out_dtype)
-    past = context_views(imgs[0], fn.peek_image_shape(jpegs[0]), cfg, out_dtype)
-    fut = context_views(imgs[2], fn.peek_image_shape(jpegs[2]), cfg, out_dtype)
+    shapes = [fn.peek_image_shape(jpegs[0]), None, fn.peek_image_shape(jpegs[2])]  # the centred crops' frames
+    cur_global, cur_local, past, fut = tcore_views(imgs, shapes, cfg, out_dtype)
     outs = [cur_global] + ([cur_local] if cur_local is not None else []) + [past, fut, frame_idx, t, meta]
     if cfg.raw_size:
         raw = [fn.crop(im, crop=[cfg.raw_size] * 2, crop_pos_x=0.0, crop_pos_y=0.0,
