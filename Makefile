@@ -114,6 +114,7 @@ NODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
+RESTARTS ?= 0
 CONFIG ?= $(if $(filter 0,$(GPUS)),configs/tcore_tiny_cpu.yaml,configs/tcore_vits16_k400.yaml)
 STEPS ?=
 # every key.sub=value on the make command line is passed through to the trainer
@@ -121,7 +122,7 @@ TRAIN_OVERRIDES = $(strip $(foreach v,$(filter-out .%,$(.VARIABLES)),$(if $(and 
 NPROC = $(if $(filter 0,$(GPUS)),1,$(GPUS))
 train: setup
 	$(PY) -m torch.distributed.run --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) \
-	  --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
+	  --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) --max-restarts $(RESTARTS) \
 	  -m tools.train --shards "$(SHARDS)" --config "$(CONFIG)" \
 	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(if $(STEPS),train.max_steps=$(STEPS)) $(TRAIN_OVERRIDES)
 
