@@ -1,12 +1,15 @@
 """T-CoRe views as DALI graph pieces (used inside the ``@pipeline_def`` of ``pipeline.graph``).
 
-Crops are made per view (HWC uint8); then the views of one output (the G global crops, the L
-local crops, the two views of the past or of the future frame) are stacked as one uint8
-sequence [V,H,W,3] and every photometric step runs once on the sequence with per-view (DALI
-"per-frame") random parameters, ending in one ``crop_mirror_normalize`` that writes the float
-[V,3,H,W] output. Every view still draws every parameter independently; the graph has a few
-operators per output instead of a few per view (each DALI operator costs ~0.1 ms of CPU per
-batch whatever its size), and no float tensor is copied for stacking.
+Crops are made per view (HWC uint8). Then views that share their blur and solarize
+probabilities, whatever output they belong to (global view 1 with the first past and future
+views; global view 2 with the second ones; the local crops), are stacked as one uint8
+sequence [V,H,W,3], and every photometric step runs once per sequence with per-view (DALI
+"per-frame") random parameters; each output's frames are then gathered (uint8) and one
+``crop_mirror_normalize`` writes its float [V,3,H,W] tensor. Every view still draws every
+parameter independently. Why: each DALI operator costs ~0.1 ms of CPU per batch however small,
+and CPU operators run one at a time, so a graph with few operators per group instead of a few
+per view keeps both cores busy; blur and solarize run only on the views they can change; no
+float tensor is copied for stacking.
 
 Photometric steps, per view, in this order (the recipe's probabilities and ranges):
 - colour jitter with p ``jitter_p``: one ``color_twist`` (brightness, contrast, saturation, hue,
@@ -19,9 +22,6 @@ Photometric steps, per view, in this order (the recipe's probabilities and range
   split/merge of the batch;
 - solarize with probability p: one 512-entry ``lookup_table`` on value + 256·coin (identity
   table for the first 256 entries, 255 − v for v >= 128 in the second).
-Views of an output that share their blur and solarize probabilities form one sequence (e.g.
-global view 1 and global view 2 are two groups), so blur and solarize run only on the views
-they can change.
 
 Geometry: global crops and the past/future centred crop are bicubic (antialiased when
 downscaling, as PIL and torchvision do), as the recipe asks. Local 96² crops use

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import gaussian_blur, solarize
 from pipeline.config import PipelineConfig
+from pipeline.loader import build_loader
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (24 + 4 * i, 40 - 2 * i, 3), dtype=np.uint8) for i in range(4)]
@@ -56,3 +58,26 @@ def test_solarize_per_view() -> None:
         assert all(np.array_equal(v, solar) or np.array_equal(v, img) for v in mixed)
         flipped += sum(np.array_equal(v, solar) for v in mixed)
     assert 0 < flipped < 8 * len(IMAGES)  # each view draws its own coin
+
+
+def _pixels(x: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
+    """Normalised [.., 3, H, W] back to 0..255 values."""
+    mean = torch.tensor(cfg.mean).view(3, 1, 1) * 255
+    std = torch.tensor(cfg.std).view(3, 1, 1) * 255
+    return (x * std + mean).round()
+
+
+def test_each_view_gets_its_own_steps(sample_shards) -> None:
+    """Views are grouped across outputs by probabilities; each output's views land back in place."""
+    plain = {"jitter_p": 0.0, "grayscale_p": 0.0, "global_size": 32, "local_size": 16, "num_local": 2}
+    cfg = PipelineConfig(**plain, blur_p=(1.0, 0.0, 0.0), blur_sigma=(2.0, 2.0), solarize_p=0.0)
+    b = next(build_loader(cfg, sample_shards, batch_size=4, device="cpu").iter_epoch(0))
+    for name in ("past", "future"):  # view 1 blurred, view 2 not: the same crop, smoother
+        x = b[name]
+        variation = (x[..., 1:] - x[..., :-1]).abs().flatten(2).mean(-1)  # [B, 2]
+        assert (variation[:, 0] < 0.8 * variation[:, 1]).all()
+    cfg = PipelineConfig(**plain, blur_p=(0.0, 0.0, 0.0), solarize_p=1.0)
+    b = next(build_loader(cfg, sample_shards, batch_size=4, device="cpu").iter_epoch(0))
+    for name in ("past", "future"):  # no blur: view 2 is exactly view 1 solarized
+        first, second = _pixels(b[name][:, 0], cfg), _pixels(b[name][:, 1], cfg)
+        assert torch.equal(second, torch.where(first >= 128, 255 - first, first))
