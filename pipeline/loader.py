@@ -8,9 +8,10 @@ runs exactly ``len(loader)`` = ⌊⌊N / world_size⌋ / batch_size⌋ batches, 
 on each other at the end of an epoch. In ``read_mode: range`` the order is a global seeded
 permutation cut into equal parts (see ``pipeline.range_source``).
 
-Batches are dicts of torch tensors on the requested device (GPU outputs are copied device to
-device, never through the host): ``current_global`` [B,G,3,H,W], ``current_local``
-[B,L,3,h,w], ``past`` and ``future`` [B,2,3,H,W] (``simple`` workload: G = 1, L = 0, 1 view),
+Batches are dicts of torch tensors on the requested device (DALI's outputs are handed to torch
+through DLPack without a copy, never through the host on a GPU): ``current_global``
+[B,G,3,H,W], ``current_local`` [B,L,3,h,w], ``past`` and ``future`` [B,2,3,H,W] (``simple``
+workload: G = 1, L = 0, 1 view),
 ``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B], ``label`` [B],
 ``key`` list[str], and ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0.
 """
