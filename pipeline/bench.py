@@ -131,14 +131,9 @@ def frame_bytes(split: Split, limit: int = 400) -> list[bytes]:
     out: list[bytes] = []
     per_clip = max(1, limit // max(1, len(split.samples)))
     for ref in split.samples:
-        fd = os.open(ref.tar, os.O_RDONLY)
-        try:
-            off = np.frombuffer(os.pread(fd, 8 * (ref.num_frames + 1), ref.offsets_offset), dtype="<i8")
-            mj = os.pread(fd, ref.mjpeg_size, ref.mjpeg_offset)
-        finally:
-            os.close(fd)
+        jpegs = ref.frame_jpegs()
         for i in np.linspace(0, ref.num_frames - 1, min(per_clip, ref.num_frames)).astype(int):
-            out.append(mj[off[i]:off[i + 1]])
+            out.append(jpegs[i])
     return out[:limit]
 
 

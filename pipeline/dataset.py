@@ -36,6 +36,16 @@ class SampleRef:
     label_id: int
     source: str
 
+    def frame_jpegs(self) -> list[bytes]:
+        """Every frame's JPEG bytes, read straight from the tar with two ``pread`` calls."""
+        fd = os.open(self.tar, os.O_RDONLY)
+        try:
+            off = np.frombuffer(os.pread(fd, 8 * (self.num_frames + 1), self.offsets_offset), dtype="<i8")
+            mj = os.pread(fd, self.mjpeg_size, self.mjpeg_offset)
+        finally:
+            os.close(fd)
+        return [mj[off[i]:off[i + 1]] for i in range(self.num_frames)]
+
 
 @dataclass
 class Split:
