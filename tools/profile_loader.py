@@ -178,7 +178,7 @@ def plot(report: dict, path: str) -> None:
         entries = {k: v for k, v in report["workloads"][workload]["loaders"].items() if "skipped" not in v}
         ax.bar(list(entries), [v["triplets_per_s"] for v in entries.values()], color="tab:blue")
         ax.axhline(report["ceiling_triplets_per_s"], color="tab:red", linestyle="--", label="decode ceiling")
-        ax.set_title(f"{workload} ({report['device']})")
+        ax.set_title(f"{workload}, {report['device']}")
         ax.set_ylabel("triplets / s")
         ax.legend()
     fig.tight_layout()
