@@ -87,29 +87,38 @@ def _verify_sample(tar_path: Path, key: str, parts: dict[str, bytes], row: dict[
 
 
 def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) -> tuple[int, int]:
-    """Verify one shard against its index and the manifest; returns (samples, frames)."""
+    """Verify one shard against its index and the manifest, one sample in memory at a time;
+    returns (samples, frames)."""
     tar_path = split_dir / shard["tar"]
     index = read_index(split_dir / shard["index"])
-    raw = tar_path.read_bytes()
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path) as tar:
-        positions = {}
-        for m in tar.getmembers():
-            key, ext = m.name.split(".", 1)
-            positions[m.name] = (m.offset_data, m.size)
-            members.setdefault(key, {})[ext] = raw[m.offset_data:m.offset_data + m.size]
-    if len(index) != len(members) or len(index) != shard["samples"]:
-        raise ValueError(f"{tar_path}: tar has {len(members)} samples, index {len(index)}, card {shard['samples']}")
-    for sample in index:
-        for m in sample:
-            if positions.get(m.name) != (m.offset, m.size):
-                raise ValueError(f"{tar_path}: index entry {m.name} at {m.offset}+{m.size} does not match the tar")
-    frames = 0
-    for key, parts in members.items():
+    expected = {m.name: (m.offset, m.size) for sample in index for m in sample}
+    samples = frames = 0
+    key, parts = None, {}
+
+    def finish() -> None:
+        nonlocal samples, frames
         if key not in rows:
             raise ValueError(f"{tar_path}: sample {key} is not in the manifest")
         frames += _verify_sample(tar_path, key, parts, rows[key])
-    return len(members), frames
+        samples += 1
+
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            if expected.pop(m.name, None) != (m.offset_data, m.size):
+                raise ValueError(f"{tar_path}: index entry for {m.name} does not match the tar")
+            name_key, ext = m.name.split(".", 1)
+            if name_key != key:
+                if key is not None:
+                    finish()
+                key, parts = name_key, {}
+            parts[ext] = tar.extractfile(m).read()
+        if key is not None:
+            finish()
+    if expected:
+        raise ValueError(f"{tar_path}: the index lists {len(expected)} members the tar does not hold")
+    if samples != len(index) or samples != shard["samples"]:
+        raise ValueError(f"{tar_path}: tar has {samples} samples, index {len(index)}, card {shard['samples']}")
+    return samples, frames
 
 
 def verify(out: Path, console: Console) -> None:
