@@ -10,7 +10,6 @@ that every sample's offsets table is consistent with its ``.mjpeg`` member. Ever
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from shards.card import read_card
 from shards.tario import BLOCK, Member, check_index_against_tar
 
 COMPONENTS = ("mjpeg", "offsets", "json")
@@ -61,17 +61,6 @@ class Split:
     def shard_samples(self) -> list[int]:
         """Sample count of each shard, in card order."""
         return [s["samples"] for s in self.card["splits"][self.name]["shards"]]
-
-
-def read_card(root: str | Path) -> dict:
-    """The dataset card of a shard directory; ValueError if it is missing or unreadable."""
-    path = Path(root) / "dataset.json"
-    if not path.is_file():
-        raise ValueError(f"{path}: no dataset card (is {root} a shard directory written by `python -m shards`?)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _check_header(fh, tar: Path, m: Member) -> None:

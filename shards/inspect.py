@@ -24,24 +24,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from shards import FORMAT_VERSION
+from shards.card import read_card
 from shards.tario import read_index
-
-
-def load_card(out: Path) -> dict[str, Any]:
-    """The dataset card; ValueError if OUT is not a finished shards directory."""
-    path = out / "dataset.json"
-    if not path.is_file():
-        raise ValueError(f"{out}: no dataset.json (not a shards directory, or the job has not finished)")
-    card = json.loads(path.read_text())
-    if card.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {card.get('format_version')} is not {FORMAT_VERSION}")
-    return card
 
 
 def summary(out: Path) -> list[Table]:
     """Per-split table (clips, classes, frames, hours, bytes, bytes per clip-second) and rejects by reason."""
-    card = load_card(out)
+    card = read_card(out)
     rejected = pq.read_table(out / "rejected.parquet").to_pylist()
     t = Table(title=f"shards in {out}")
     for col in ("split", "clips", "classes", "frames", "hours", "GB", "KB/clip-s", "shards", "missing", "rejected"):
@@ -123,7 +112,7 @@ def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) 
 
 def verify(out: Path, console: Console) -> None:
     """Decode every frame of every sample and cross-check tar, index, JSON and manifest."""
-    card = load_card(out)
+    card = read_card(out)
     for split, s in card["splits"].items():
         rows = {r["key"]: r for r in pq.read_table(out / split / "manifest.parquet").to_pylist()}
         samples = frames = 0

@@ -106,8 +106,7 @@ def run_tasks(tasks: list[ShardTask], out: Path, engine: Engine, progress: JobPr
     todo = []
     for task in tasks:
         split_dir = out / task.split
-        for stale in (split_dir / f"{task.name}.tar.partial",):
-            stale.unlink(missing_ok=True)
+        (split_dir / f"{task.name}.tar.partial").unlink(missing_ok=True)
         stats = shard_is_finished(split_dir, task.name)
         if stats is None:
             todo.append(task)

@@ -18,8 +18,6 @@ class JobProgress:
         self.total = total_clips
         self.done = 0
         self.rejected = 0
-        self.bytes = 0
-        self.frames = 0
         self.skipped_shards = 0
         self._encoded = 0  # clips encoded in this run (not skipped): the rates count these
         self._encoded_bytes = 0
@@ -55,7 +53,6 @@ class JobProgress:
         self.skipped_shards += 1
         self.done += clips
         self.rejected += stats.get("rejected", 0)
-        self.bytes += stats.get("bytes", 0)
         self._update()
 
     def clip(self, event: dict[str, Any]) -> None:
@@ -63,9 +60,7 @@ class JobProgress:
         self.done += 1
         self._encoded += 1
         if event["ok"]:
-            self.bytes += event["bytes"]
             self._encoded_bytes += event["bytes"]
-            self.frames += event["frames"]
         else:
             self.rejected += 1
         self._update()

@@ -1,0 +1,24 @@
+"""The dataset card (``OUT/dataset.json``): what readers trust instead of repeating constants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shards import FORMAT_VERSION
+
+
+def read_card(root: str | Path) -> dict[str, Any]:
+    """The card of a finished shards directory; ValueError if missing, unreadable or of another format version."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no dataset card (is {root} a shard directory written by `python -m shards`, "
+                         "and has the job finished?)")
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if card.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {card.get('format_version')} is not {FORMAT_VERSION}")
+    return card
