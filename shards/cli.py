@@ -6,7 +6,6 @@ import argparse
 import errno
 import os
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +14,7 @@ from shards.config import ShardsConfig
 from shards.job import run_job
 from shards.sample import build_sample
 from shards.sources import discover
+from shards.storage import Output
 
 DEFAULT_SAMPLE_ROOT = "data/sample_kinetics"
 
@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p = _Parser(prog="python -m shards", description="Video collection -> frame-indexed WebDataset shards.")
     p.add_argument("--data", choices=["kinetics", "folder", "sample"], default=d.data)
     p.add_argument("--root", default=None, help="collection root (DATA=sample: where the sample tree is built)")
-    p.add_argument("--out", default=d.out)
+    p.add_argument("--out", default=d.out, help="local path or fsspec URL (file://, s3://, gs://, ...)")
+    p.add_argument("--stage", default=d.stage,
+                   help="remote OUT: local directory where shards are written before upload "
+                        "(default: shards-stage-<hash of OUT> in the system temp dir)")
     p.add_argument("--csv", type=_csv_list, default=[], help="annotation CSV(s), comma separated")
     p.add_argument("--splits", type=_csv_list, default=[], help="splits to shard (default: all found)")
     p.add_argument("--fps", type=float, default=d.fps, help="output frame rate; 0 keeps the source rate")
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     if a.ray_address is None:
         a.ray_address = os.environ.get("RAY_ADDRESS", "") if a.engine == "ray" else ""
     cfg = ShardsConfig(
-        data=a.data, root=a.root, out=a.out, csv=a.csv, splits=a.splits, fps=a.fps, size=a.size,
+        data=a.data, root=a.root, out=a.out, stage=a.stage, csv=a.csv, splits=a.splits, fps=a.fps, size=a.size,
         quality=a.quality, workers=a.workers, shard_mb=a.shard_mb, max_per_shard=a.max_per_shard,
         min_frames=a.min_frames, limit=a.limit, decode_threads=a.decode_threads, engine=a.engine,
         ray_address=a.ray_address, max_retries=a.max_retries,
@@ -109,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
     run = card["_run"]
+    output = Output.open(cfg.out)
     console.print(summary_table(card))
     rejected = sum(s["rejected"] for s in card["splits"].values())
     missing = sum(s["missing"] for s in card["splits"].values())
     console.print(
         f"{run['elapsed_s']:.1f}s with {run['workers']} workers ({run['skipped_shards']} shards already done); "
-        f"{rejected} rejected (see {Path(cfg.out) / 'rejected.parquet'}), {missing} listed but missing "
-        f"(see {Path(cfg.out) / 'missing.parquet'}); shards in {cfg.out}"
+        f"{rejected} rejected (see {output.display('rejected.parquet')}), {missing} listed but missing "
+        f"(see {output.display('missing.parquet')}); shards in {cfg.out}"
     )
     return 0

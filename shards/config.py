@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from shards.storage import check_url, protocol
+
 # Output settings that change the bytes written: a resumed job must use the same ones.
 OUTPUT_SETTINGS = ("data", "fps", "size", "quality", "shard_mb", "max_per_shard", "min_frames", "limit")
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass
@@ -18,7 +18,8 @@ class ShardsConfig:
 
     data: Literal["kinetics", "folder", "sample"] = "sample"
     root: str | None = None
-    out: str = "data/sample_shards"
+    out: str = "data/sample_shards"  # a local path or an fsspec URL (s3://bucket/prefix, gs://..., file://...)
+    stage: str = ""  # remote OUT: local staging directory ("" : shards-stage-<hash> in the system temp dir)
     csv: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # empty: every split found
     fps: float = 3.0  # output frame rate; 0 keeps the source rate (see README: bytes vs frames)
@@ -59,11 +60,13 @@ class ShardsConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        for name, path in (("OUT", self.out), ("ROOT", self.root or "")):
-            scheme = _URL_SCHEME.match(path)
-            if scheme:
-                raise ValueError(f"{name} {path}: remote paths ({scheme.group(1)}://) are not supported; give a local "
-                                 "path (on a cluster: a shared file system mounted at the same path on every node)")
+        scheme = protocol(self.root or "")
+        if scheme:
+            raise ValueError(f"ROOT {self.root}: remote paths ({scheme}://) are not supported; give a local "
+                             "path (on a cluster: a shared file system mounted at the same path on every node)")
+        check_url("OUT", self.out)
+        if self.stage and protocol(self.stage):
+            raise ValueError(f"STAGE {self.stage}: must be a local directory")
 
     @property
     def num_workers(self) -> int:

@@ -4,7 +4,9 @@ Both engines run the same :func:`shards.shard.run_shard` on the same :class:`Sha
 output bytes do not depend on the engine. An engine takes the unfinished tasks, calls
 ``on_clip`` with every per-clip event (in the driver process, for the progress display) and
 returns each task's stats by shard name. Errors raised inside a task (e.g. ``OSError`` with
-``ENOSPC``) reach the caller as the original exception, errno and file name intact.
+``ENOSPC``, or :class:`shards.storage.UploadError`) reach the caller as the original exception,
+errno and file name intact. A task publishes its own shard to OUT (uploads it, for a remote OUT)
+before it returns, so a finished task's shard is in OUT whichever host ran it.
 
 ``make_engine(cfg)`` is the one place that picks an engine.
 """
@@ -25,7 +27,8 @@ from typing import Any, Protocol
 
 import shards
 from shards.config import ShardsConfig
-from shards.shard import ShardTask, run_shard
+from shards.shard import ShardTask, run_shard, shard_files
+from shards.storage import Output
 
 ClipCallback = Callable[[dict[str, Any]], None]
 POLL_S = 0.2  # how often the driver forwards progress events
@@ -36,19 +39,23 @@ class Engine(Protocol):
 
     workers: int  # tasks running at once (shown in the summary)
 
-    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+    def run(self, tasks: list[ShardTask], output: Output, on_clip: ClipCallback) -> dict[str, dict]:
         """Run every task; returns stats by shard name."""
         ...
 
 
-def run_task(task: ShardTask, split_dir: Path, on_clip: ClipCallback) -> dict[str, Any]:
-    """Run one shard task where it was sent; a failed write names the shard it was writing."""
+def run_task(task: ShardTask, output: Output, on_clip: ClipCallback) -> dict[str, Any]:
+    """Run one shard task where it was sent and publish its shard; a failed write names the shard
+    it was writing."""
+    split_dir = output.local_dir / task.split
     try:
-        return run_shard(task, split_dir, on_clip)
+        stats = run_shard(task, split_dir, on_clip)
     except OSError as exc:
         if exc.filename is None:  # a failed write() carries no file name: give the shard's
             exc.filename = str(split_dir / f"{task.name}.tar")
         raise
+    output.publish(shard_files(task.split, task.name, stats))
+    return stats
 
 
 # ---------------------------------------------------------------- local worker processes
@@ -61,8 +68,8 @@ def _init_worker(events: Any) -> None:
     _events = events
 
 
-def _run_in_worker(task: ShardTask, split_dir: str) -> dict[str, Any]:
-    return run_task(task, Path(split_dir), _events.put)
+def _run_in_worker(task: ShardTask, output: Output) -> dict[str, Any]:
+    return run_task(task, output, _events.put)
 
 
 def _drain(events: Any, on_clip: ClipCallback) -> None:
@@ -79,14 +86,14 @@ class LocalEngine:
     def __init__(self, workers: int):
         self.workers = workers
 
-    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+    def run(self, tasks: list[ShardTask], output: Output, on_clip: ClipCallback) -> dict[str, dict]:
         ctx = mp.get_context("spawn")
         events = ctx.Queue()
         done: dict[str, dict] = {}
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(events,))
         try:
-            futures = {pool.submit(_run_in_worker, t, str(out / t.split)): t for t in tasks}
+            futures = {pool.submit(_run_in_worker, t, output): t for t in tasks}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
@@ -119,7 +126,7 @@ class EventSink:
         return events
 
 
-def _ray_shard_task(task: ShardTask, split_dir: str, sink: Any) -> dict[str, Any]:
+def _ray_shard_task(task: ShardTask, output: Output, sink: Any) -> dict[str, Any]:
     """Body of one Ray task: run the shard, sending each clip's event to the sink."""
     import ray
 
@@ -128,7 +135,7 @@ def _ray_shard_task(task: ShardTask, split_dir: str, sink: Any) -> dict[str, Any
     def report(event: dict) -> None:
         sent.append(sink.add.remote(task.name, len(sent), event))
 
-    stats = run_task(task, Path(split_dir), report)
+    stats = run_task(task, output, report)
     if sent:
         ray.get(sent[-1])  # calls from one caller run in order: every event has arrived
     return stats
@@ -157,7 +164,8 @@ class RayEngine:
 
     Without ``address`` a local Ray instance with ``workers`` CPUs is started (and stopped);
     with one, the job connects to that cluster and ships this package to its workers. Sources
-    and OUT must then be on a file system that every node mounts at the same path.
+    must then be on a file system that every node mounts at the same path; OUT too, unless it is
+    a URL (each worker stages its shards on its own host and uploads them).
     """
 
     def __init__(self, workers: int, address: str = "", max_retries: int = 3, limit: int = 0):
@@ -184,7 +192,7 @@ class RayEngine:
             ray.init(address="local", num_cpus=self.workers, **quiet)
         return True
 
-    def run(self, tasks: list[ShardTask], out: Path, on_clip: ClipCallback) -> dict[str, dict]:
+    def run(self, tasks: list[ShardTask], output: Output, on_clip: ClipCallback) -> dict[str, dict]:
         import ray
 
         started = self._connect(ray)
@@ -194,11 +202,11 @@ class RayEngine:
             remote = ray.remote(_ray_shard_task).options(
                 num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)
             forwarded: set[tuple[str, int]] = set()
-            todo, done, out = [_absolute_paths(t) for t in tasks], {}, out.absolute()
+            todo, done = [_absolute_paths(t) for t in tasks], {}
             while todo or pending:
                 while todo and (not self.limit or len(pending) < self.limit):
                     task = todo.pop(0)
-                    pending[remote.remote(task, str(out / task.split), sink)] = task
+                    pending[remote.remote(task, output, sink)] = task
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
                 self._forward(ray.get(sink.drain.remote()), forwarded, on_clip)
                 for ref in ready:

@@ -3,7 +3,8 @@
 The plan (which clips go to which shard) is fixed before any shard is written and saved as
 ``OUT/plan.json``; a re-run of the same command reuses it, skips finished shards and redoes
 unfinished ones, so the output is the same whatever WORKERS is and however often the job was
-interrupted.
+interrupted. For a remote OUT (any fsspec URL, see shards/storage.py) every file is staged
+locally and uploaded at the point it would be written locally, the dataset card last.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import math
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +25,7 @@ from shards.engine import Engine, make_engine
 from shards.progress import JobProgress
 from shards.shard import EncodeSettings, ShardTask, atomic_write, shard_is_finished
 from shards.sources import SplitSources
+from shards.storage import Output
 
 CALIBRATION_CLIPS = 3  # clips encoded (their first frames only) to learn bytes per frame
 CALIBRATION_FRAMES = 12
@@ -69,11 +70,21 @@ def make_plan(cfg: ShardsConfig, splits: list[SplitSources], settings: EncodeSet
     return plan
 
 
-def load_or_make_plan(cfg: ShardsConfig, out: Path, splits: list[SplitSources], settings: EncodeSettings) -> dict:
+def write_file(output: Output, rel: str, data: bytes) -> None:
+    """Write OUT/``rel`` whole (atomically), uploading it for a remote OUT."""
+    path = output.local_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)
+    output.publish([rel])
+
+
+def load_or_make_plan(cfg: ShardsConfig, output: Output, splits: list[SplitSources],
+                      settings: EncodeSettings) -> dict:
     """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one."""
-    path = out / "plan.json"
-    if path.is_file():
-        plan = json.loads(path.read_text())
+    out = output.display()
+    saved = output.read_bytes("plan.json")
+    if saved is not None:
+        plan = json.loads(saved)
         if plan.get("settings") != cfg.output_settings():
             raise ValueError(
                 f"OUT {out} was written with other settings ({plan.get('settings')}); use a new OUT or remove it"
@@ -84,8 +95,7 @@ def load_or_make_plan(cfg: ShardsConfig, out: Path, splits: list[SplitSources], 
                 raise ValueError(f"OUT {out}: the clips of split '{src.split}' changed since it was planned; use a new OUT")
         return plan
     plan = make_plan(cfg, splits, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(plan, indent=1).encode())
+    write_file(output, "plan.json", json.dumps(plan, indent=1).encode())
     return plan
 
 
@@ -100,29 +110,32 @@ def build_tasks(plan: dict, splits: list[SplitSources], settings: EncodeSettings
     return tasks
 
 
-def run_tasks(tasks: list[ShardTask], out: Path, engine: Engine, progress: JobProgress) -> dict[str, dict]:
+def run_tasks(tasks: list[ShardTask], output: Output, engine: Engine, progress: JobProgress) -> dict[str, dict]:
     """Run unfinished tasks on ``engine``; returns stats by shard name."""
     done: dict[str, dict] = {}
     todo = []
+    listings = {split: output.sizes(split) for split in dict.fromkeys(t.split for t in tasks)}
     for task in tasks:
-        split_dir = out / task.split
-        (split_dir / f"{task.name}.tar.partial").unlink(missing_ok=True)
-        stats = shard_is_finished(split_dir, task.name)
+        (output.local_dir / task.split / f"{task.name}.tar.partial").unlink(missing_ok=True)
+        output.discard_staged([f"{task.split}/{task.name}{ext}" for ext in (".tar", ".idx", ".stats.json")])
+        stats = shard_is_finished(output, task.split, task.name, listings[task.split])
         if stats is None:
             todo.append(task)
         else:
             done[task.name] = stats
             progress.skip(len(task.clips), stats)
     if todo:
-        done.update(engine.run(todo, out, progress.clip))
+        done.update(engine.run(todo, output, progress.clip))
     return done
 
 
-def _write_table(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
+def _write_table(rows: list[dict[str, Any]], output: Output, rel: str, schema: pa.Schema) -> None:
+    path = output.local_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, path)
+    output.publish([rel])
 
 
 MANIFEST_SCHEMA = pa.schema([
@@ -139,7 +152,7 @@ MISSING_SCHEMA = pa.schema([
 ])
 
 
-def finalize(cfg: ShardsConfig, out: Path, plan: dict, splits: list[SplitSources],
+def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSources],
              stats: dict[str, dict], labels: dict[str, int]) -> dict[str, Any]:
     """Write manifests, labels.json, rejected/missing tables and the dataset card."""
     card: dict[str, Any] = {
@@ -153,7 +166,7 @@ def finalize(cfg: ShardsConfig, out: Path, plan: dict, splits: list[SplitSources
         rows = [r for n in names for r in stats[n]["rows"]]
         rejected += [r for n in names for r in stats[n]["rejects"]]
         missing += src.missing
-        _write_table(rows, out / src.split / "manifest.parquet", MANIFEST_SCHEMA)
+        _write_table(rows, output, f"{src.split}/manifest.parquet", MANIFEST_SCHEMA)
         shard_list = [{"tar": stats[n]["shard"], "index": stats[n]["index"], "samples": stats[n]["samples"],
                        "bytes": stats[n]["tar_bytes"]} for n in names if stats[n]["samples"]]
         card["splits"][src.split] = {
@@ -163,10 +176,10 @@ def finalize(cfg: ShardsConfig, out: Path, plan: dict, splits: list[SplitSources
             "frames": sum(r["num_frames"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
             "seconds": sum(r["duration_s"] for r in rows), "shards": shard_list,
         }
-    _write_table(rejected, out / "rejected.parquet", REJECTED_SCHEMA)
-    _write_table(missing, out / "missing.parquet", MISSING_SCHEMA)
-    atomic_write(out / "labels.json", json.dumps(labels, indent=1, sort_keys=True).encode())
-    atomic_write(out / "dataset.json", json.dumps(card, indent=1).encode())
+    _write_table(rejected, output, "rejected.parquet", REJECTED_SCHEMA)
+    _write_table(missing, output, "missing.parquet", MISSING_SCHEMA)
+    write_file(output, "labels.json", json.dumps(labels, indent=1, sort_keys=True).encode())
+    write_file(output, "dataset.json", json.dumps(card, indent=1).encode())  # last: "the job has finished"
     return card
 
 
@@ -178,15 +191,16 @@ def label_map(splits: list[SplitSources]) -> dict[str, int]:
 
 def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict[str, Any]:
     """Plan, encode and write everything; returns the dataset card."""
-    out = Path(cfg.out)
+    output = Output.open(cfg.out, cfg.stage)
     engine = make_engine(cfg)
     settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames, cfg.threads_per_worker)
-    plan = load_or_make_plan(cfg, out, splits, settings)
+    plan = load_or_make_plan(cfg, output, splits, settings)
     labels = label_map(splits)
     tasks = build_tasks(plan, splits, settings, labels)
     with JobProgress(sum(len(t.clips) for t in tasks), console=console) as progress:
-        stats = run_tasks(tasks, out, engine, progress)
-    card = finalize(cfg, out, plan, splits, stats, labels)
+        stats = run_tasks(tasks, output, engine, progress)
+    card = finalize(cfg, output, plan, splits, stats, labels)
+    output.remove_stage()
     card["_run"] = {"elapsed_s": progress.elapsed, "skipped_shards": progress.skipped_shards,
                     "workers": engine.workers, "clip_rate": progress.clip_rate, "mb_rate": progress.mb_rate}
     return card

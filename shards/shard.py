@@ -2,7 +2,9 @@
 
 A task writes ``<name>.tar.partial``, then the index, renames the tar into place, and writes
 ``<name>.stats.json`` last. The stats file is the "finished" marker: a shard without it is
-redone from scratch on resume, so a half-written shard never looks finished.
+redone from scratch on resume, so a half-written shard never looks finished. For a remote OUT
+the same files are written to the staging directory and uploaded in that order
+(:meth:`shards.storage.Output.publish`), so the marker also arrives last.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from shards import FORMAT_VERSION
 from shards.encode import ClipRejected, EncodedClip, encode_clip
 from shards.sources import Clip
+from shards.storage import Output
 from shards.tario import ShardTarWriter, index_text
 
 
@@ -137,19 +140,22 @@ def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) 
     return stats
 
 
-def shard_is_finished(split_dir: Path, name: str) -> dict[str, Any] | None:
-    """The stats of a finished shard, or None if it must be (re)done."""
-    stats_path = split_dir / f"{name}.stats.json"
-    if not stats_path.is_file():
+def shard_files(split: str, name: str, stats: dict[str, Any]) -> list[str]:
+    """A finished shard's files inside OUT, in upload order: data first, the stats marker last."""
+    data = [f"{split}/{stats['shard']}", f"{split}/{stats['index']}"] if stats["samples"] else []
+    return [*data, f"{split}/{name}.stats.json"]
+
+
+def shard_is_finished(output: Output, split: str, name: str,
+                      sizes: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """The stats of a finished shard in OUT, or None if it must be (re)done. ``sizes`` is a listing
+    of the split's folder (:meth:`Output.sizes`), passed in to list a remote once per split."""
+    sizes = output.sizes(split) if sizes is None else sizes
+    if f"{name}.stats.json" not in sizes:
         return None
     try:
-        stats = json.loads(stats_path.read_text())
+        stats = json.loads(output.read_bytes(f"{split}/{name}.stats.json") or b"")
     except (OSError, ValueError):
         return None
-    if stats.get("samples"):
-        tar = split_dir / f"{name}.tar"
-        if not tar.is_file() or tar.stat().st_size != stats.get("tar_bytes"):
-            return None
-        if not (split_dir / f"{name}.idx").is_file():
-            return None
-    return stats
+    whole = sizes.get(f"{name}.tar") == stats.get("tar_bytes") and f"{name}.idx" in sizes
+    return stats if whole or not stats.get("samples") else None

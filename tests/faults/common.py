@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 from shards.shard import shard_is_finished
+from shards.storage import Output
 from shards.tario import check_index_against_tar
 
 DISK_BYTES = 32 * 2**20  # the small disk of the full-disk tests
@@ -37,7 +38,7 @@ def assert_finished_shards_are_whole(out: Path) -> int:
     finished = 0
     for stats_path in out.glob("*/*.stats.json"):
         name = stats_path.name.removesuffix(".stats.json")
-        stats = shard_is_finished(stats_path.parent, name)
+        stats = shard_is_finished(Output.open(str(out)), stats_path.parent.name, name)
         assert stats is not None, f"{stats_path}: marker of a shard that is not whole"
         if stats["samples"]:
             tar = stats_path.parent / stats["shard"]

@@ -1,7 +1,8 @@
-"""Engine options: bad values are one-line errors, and retried tasks never count a clip twice."""
+"""Engine and output options: bad values are one-line errors, and retried tasks never count a clip twice."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,14 @@ from shards.engine import LocalEngine, RayEngine, make_engine
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "kinetics", "--root", "ROOT", "--out", "s3://bucket/shards"],
-     "OUT s3://bucket/shards: remote paths (s3://) are not supported"),
     (["--data", "kinetics", "--root", "gs://bucket/kinetics", "--out", "OUT"],
      "ROOT gs://bucket/kinetics: remote paths (gs://) are not supported"),
+    (["--data", "kinetics", "--root", "ROOT", "--out", "nosuchfs://bucket/shards"],
+     "OUT nosuchfs://bucket/shards: unknown file system 'nosuchfs://'"),
+    (["--data", "kinetics", "--root", "ROOT", "--out", "memory://shards"],
+     "OUT memory://shards: the memory:// file system lives inside one process"),
+    (["--data", "kinetics", "--root", "ROOT", "--out", "file://OUT", "--stage", "s3://bucket/stage"],
+     "STAGE s3://bucket/stage: must be a local directory"),
     (["--data", "sample", "--out", "OUT", "--ray-address", "10.0.0.1:6379"], "RAY_ADDRESS needs ENGINE=ray"),
     (["--data", "sample", "--out", "OUT", "--engine", "ray", "--max-retries", "-1"], "MAX_RETRIES must be >= 0"),
 ])
@@ -25,6 +30,15 @@ def test_bad_engine_and_path_options_are_one_line_errors(tmp_path: Path, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed here")
+def test_out_on_a_store_whose_package_is_missing_names_the_package(tmp_path: Path, capsys) -> None:
+    assert shards_main(["--data", "kinetics", "--root", str(tmp_path), "--out", "gs://bucket/shards"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "OUT gs://bucket/shards: the gs:// file system needs a package that is not installed" in err
+    assert "pip install gcsfs" in err
 
 
 def test_make_engine_picks_the_named_engine() -> None:
