@@ -7,16 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from shards import FORMAT_VERSION
+from shards.storage import Output
 
 
 def read_card(root: str | Path) -> dict[str, Any]:
-    """The card of a finished shards directory; ValueError if missing, unreadable or of another format version."""
-    path = Path(root) / "dataset.json"
-    if not path.is_file():
+    """The card of a finished shards directory (a local path or an fsspec URL); ValueError if missing,
+    unreadable or of another format version."""
+    output = Output.open(str(root))
+    path = output.display("dataset.json") if output.remote else str(Path(root) / "dataset.json")
+    data = output.read_bytes("dataset.json")
+    if data is None:
         raise ValueError(f"{path}: no dataset card (is {root} a shard directory written by `python -m shards`, "
                          "and has the job finished?)")
     try:
-        card = json.loads(path.read_text())
+        card = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if card.get("format_version") != FORMAT_VERSION:

@@ -1,5 +1,8 @@
 """``python -m shards.inspect OUT [--verify]``: what a shards directory holds, and whether it is sound.
 
+OUT may be a local path or an fsspec URL (``s3://...``): the summary then reads the card and
+manifests through fsspec, and ``--verify`` streams each tar from the store.
+
 The summary comes from the dataset card and manifests. ``--verify`` reads every shard: each
 index entry must point at the tar member of that name, each offsets table must cover its
 ``.mjpeg`` exactly, each JSON must agree with the offsets and the manifest, and every frame
@@ -14,7 +17,6 @@ import json
 import sys
 import tarfile
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,18 +27,28 @@ from rich.progress import track
 from rich.table import Table
 
 from shards.card import read_card
-from shards.tario import read_index
+from shards.storage import Output, check_url
+from shards.tario import parse_index
 
 
-def summary(out: Path) -> list[Table]:
+def read_rows(output: Output, rel: str) -> list[dict[str, Any]]:
+    """The rows of the parquet table OUT/``rel``; ValueError naming it if it is missing."""
+    data = output.read_bytes(rel)
+    if data is None:
+        raise ValueError(f"{output.display(rel)}: missing (has the job finished?)")
+    return pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def summary(out: str) -> list[Table]:
     """Per-split table (clips, classes, frames, hours, bytes, bytes per clip-second) and rejects by reason."""
     card = read_card(out)
-    rejected = pq.read_table(out / "rejected.parquet").to_pylist()
+    output = Output.open(out)
+    rejected = read_rows(output, "rejected.parquet")
     t = Table(title=f"shards in {out}")
     for col in ("split", "clips", "classes", "frames", "hours", "GB", "KB/clip-s", "shards", "missing", "rejected"):
         t.add_column(col, justify="left" if col == "split" else "right")
     for split, s in card["splits"].items():
-        manifest = pq.read_table(out / split / "manifest.parquet").to_pylist()
+        manifest = read_rows(output, f"{split}/manifest.parquet")
         classes = len({r["label"] for r in manifest if r["label"]})
         kbps = s["bytes"] / 1000 / s["seconds"] if s["seconds"] else 0.0
         t.add_row(split, str(len(manifest)), str(classes), str(s["frames"]), f"{s['seconds'] / 3600:.3f}",
@@ -51,9 +63,9 @@ def summary(out: Path) -> list[Table]:
     return [t, r] if reasons else [t]
 
 
-def _verify_sample(tar_path: Path, key: str, parts: dict[str, bytes], row: dict[str, Any]) -> int:
+def _verify_sample(tar_name: str, key: str, parts: dict[str, bytes], row: dict[str, Any]) -> int:
     """Check one sample's components; returns its frame count. Raises ValueError."""
-    where = f"{tar_path.name}:{key}"
+    where = f"{tar_name}:{key}"
     for ext in ("mjpeg", "offsets", "json"):
         if ext not in parts:
             raise ValueError(f"{where}: no .{ext} component")
@@ -75,11 +87,15 @@ def _verify_sample(tar_path: Path, key: str, parts: dict[str, bytes], row: dict[
     return n
 
 
-def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) -> tuple[int, int]:
-    """Verify one shard against its index and the manifest, one sample in memory at a time;
+def verify_shard(output: Output, split: str, shard: dict[str, Any], rows: dict[str, dict]) -> tuple[int, int]:
+    """Verify one shard against its index and the manifest, streaming it one sample at a time;
     returns (samples, frames)."""
-    tar_path = split_dir / shard["tar"]
-    index = read_index(split_dir / shard["index"])
+    tar_path = output.display(f"{split}/{shard['tar']}")
+    index_rel = f"{split}/{shard['index']}"
+    index_bytes = output.read_bytes(index_rel)
+    if index_bytes is None:
+        raise ValueError(f"{output.display(index_rel)}: missing index")
+    index = parse_index(index_bytes.decode(), output.display(index_rel))
     expected = {m.name: (m.offset, m.size) for sample in index for m in sample}
     samples = frames = 0
     key, parts = None, {}
@@ -88,10 +104,10 @@ def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) 
         nonlocal samples, frames
         if key not in rows:
             raise ValueError(f"{tar_path}: sample {key} is not in the manifest")
-        frames += _verify_sample(tar_path, key, parts, rows[key])
+        frames += _verify_sample(shard["tar"], key, parts, rows[key])
         samples += 1
 
-    with tarfile.open(tar_path) as tar:
+    with output.open_read(f"{split}/{shard['tar']}") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
         for m in tar:
             if expected.pop(m.name, None) != (m.offset_data, m.size):
                 raise ValueError(f"{tar_path}: index entry for {m.name} does not match the tar")
@@ -110,15 +126,16 @@ def verify_shard(split_dir: Path, shard: dict[str, Any], rows: dict[str, dict]) 
     return samples, frames
 
 
-def verify(out: Path, console: Console) -> None:
+def verify(out: str, console: Console) -> None:
     """Decode every frame of every sample and cross-check tar, index, JSON and manifest."""
     card = read_card(out)
+    output = Output.open(out)
     for split, s in card["splits"].items():
-        rows = {r["key"]: r for r in pq.read_table(out / split / "manifest.parquet").to_pylist()}
+        rows = {r["key"]: r for r in read_rows(output, f"{split}/manifest.parquet")}
         samples = frames = 0
         for shard in track(s["shards"], description=f"verify {split}", console=console,
                            disable=not console.is_terminal):
-            n, f = verify_shard(out / split, shard, rows)
+            n, f = verify_shard(output, split, shard, rows)
             samples, frames = samples + n, frames + f
         if samples != len(rows) or frames != s["frames"]:
             raise ValueError(f"{split}: shards hold {samples} samples / {frames} frames, "
@@ -129,17 +146,18 @@ def verify(out: Path, console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Print the summary; with --verify also check everything. Returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.splitlines()[0])
-    p.add_argument("out", help="shards directory (OUT of the sharder)")
+    p.add_argument("out", help="shards directory or URL (OUT of the sharder)")
     p.add_argument("--verify", action="store_true", help="decode every frame and cross-check everything")
     a = p.parse_args(argv)
     console = Console()
     if not console.is_terminal:
         console.width = 140
     try:
-        for table in summary(Path(a.out)):
+        check_url("OUT", a.out)
+        for table in summary(a.out):
             console.print(table)
         if a.verify:
-            verify(Path(a.out), console)
+            verify(a.out, console)
     except (ValueError, OSError, tarfile.TarError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

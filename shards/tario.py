@@ -75,7 +75,11 @@ def index_text(samples: list[list[Member]]) -> str:
 
 def read_index(path: str | Path) -> list[list[Member]]:
     """Parse a wds2idx-format index; ValueError naming the file if it is malformed."""
-    text = Path(path).read_text()
+    return parse_index(Path(path).read_text(), str(path))
+
+
+def parse_index(text: str, path: str) -> list[list[Member]]:
+    """Parse the text of a wds2idx-format index read from ``path``; ValueError naming it if malformed."""
     lines = text.splitlines()
     if not lines:
         raise ValueError(f"index {path}: empty file")
