@@ -37,8 +37,8 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p.add_argument("--root", default=None, help="collection root (DATA=sample: where the sample tree is built)")
     p.add_argument("--out", default=d.out, help="local path or fsspec URL (file://, s3://, gs://, ...)")
     p.add_argument("--stage", default=d.stage,
-                   help="remote OUT: local directory where shards are written before upload "
-                        "(default: shards-stage-<hash of OUT> in the system temp dir)")
+                   help="remote OUT: local directory in which shards are staged before upload, in "
+                        "shards-stage-<hash of OUT> (default: the system temp dir)")
     p.add_argument("--csv", type=_csv_list, default=[], help="annotation CSV(s), comma separated")
     p.add_argument("--splits", type=_csv_list, default=[], help="splits to shard (default: all found)")
     p.add_argument("--fps", type=float, default=d.fps, help="output frame rate; 0 keeps the source rate")

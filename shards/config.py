@@ -19,7 +19,7 @@ class ShardsConfig:
     data: Literal["kinetics", "folder", "sample"] = "sample"
     root: str | None = None
     out: str = "data/sample_shards"  # a local path or an fsspec URL (s3://bucket/prefix, gs://..., file://...)
-    stage: str = ""  # remote OUT: local staging directory ("" : shards-stage-<hash> in the system temp dir)
+    stage: str = ""  # remote OUT: where shards-stage-<hash of OUT> is made ("" : the system temp dir)
     csv: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # empty: every split found
     fps: float = 3.0  # output frame rate; 0 keeps the source rate (see README: bytes vs frames)

@@ -117,7 +117,6 @@ def run_tasks(tasks: list[ShardTask], output: Output, engine: Engine, progress: 
     listings = {split: output.sizes(split) for split in dict.fromkeys(t.split for t in tasks)}
     for task in tasks:
         (output.local_dir / task.split / f"{task.name}.tar.partial").unlink(missing_ok=True)
-        output.discard_staged([f"{task.split}/{task.name}{ext}" for ext in (".tar", ".idx", ".stats.json")])
         stats = shard_is_finished(output, task.split, task.name, listings[task.split])
         if stats is None:
             todo.append(task)
@@ -193,6 +192,7 @@ def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict
     """Plan, encode and write everything; returns the dataset card."""
     output = Output.open(cfg.out, cfg.stage)
     engine = make_engine(cfg)
+    output.clear_stage()  # nothing runs yet: anything staged is a leftover of an interrupted run
     settings = EncodeSettings(cfg.size, cfg.quality, cfg.fps, cfg.min_frames, cfg.threads_per_worker)
     plan = load_or_make_plan(cfg, output, splits, settings)
     labels = label_map(splits)
@@ -200,7 +200,7 @@ def run_job(cfg: ShardsConfig, splits: list[SplitSources], console=None) -> dict
     with JobProgress(sum(len(t.clips) for t in tasks), console=console) as progress:
         stats = run_tasks(tasks, output, engine, progress)
     card = finalize(cfg, output, plan, splits, stats, labels)
-    output.remove_stage()
+    output.clear_stage()
     card["_run"] = {"elapsed_s": progress.elapsed, "skipped_shards": progress.skipped_shards,
                     "workers": engine.workers, "clip_rate": progress.clip_rate, "mb_rate": progress.mb_rate}
     return card

@@ -12,9 +12,9 @@ This module is the only one that touches fsspec.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -63,8 +63,8 @@ def check_url(name: str, url: str) -> None:
 
 @dataclass(frozen=True)
 class Output:
-    """The output tree of a job: ``url`` is OUT (local path or URL), ``stage`` the staging directory
-    of a URL ("" picks one under the system temp dir of the host that writes)."""
+    """The output tree of a job: ``url`` is OUT (local path or URL); for a URL, files are staged in
+    ``shards-stage-<hash of url>`` inside ``stage`` ("" : the system temp dir of the host that writes)."""
 
     url: str
     stage: str = ""
@@ -86,10 +86,8 @@ class Output:
         """Where files are written first: OUT itself, or the staging directory of a URL."""
         if not self.remote:
             return Path(self.url)
-        if self.stage:
-            return Path(self.stage)
         digest = hashlib.sha1(self.url.encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"shards-stage-{digest}"
+        return Path(self.stage or tempfile.gettempdir()) / f"shards-stage-{digest}"
 
     def display(self, rel: str = "") -> str:
         """The user-facing name of ``rel`` inside OUT."""
@@ -171,16 +169,8 @@ class Output:
         raise UploadError(f"upload of {rel} to {self.display(rel)} failed {UPLOAD_ATTEMPTS} times ({reason}); "
                           "fix the store or its credentials and re-run the same command to resume")
 
-    def discard_staged(self, rels: list[str]) -> None:
-        """Remove leftovers of an earlier run from the staging directory (never touches a local OUT)."""
+    def clear_stage(self) -> None:
+        """Remove this host's staging directory of a URL (leftovers of an interrupted run, or an
+        emptied stage once a job is done); never touches a local OUT."""
         if self.remote:
-            for rel in rels:
-                (self.local_dir / rel).unlink(missing_ok=True)
-
-    def remove_stage(self) -> None:
-        """Remove the staging directory's empty folders once everything is uploaded."""
-        if not self.remote or not self.local_dir.is_dir():
-            return
-        for dirpath, _, _ in sorted(os.walk(self.local_dir), key=lambda w: -len(w[0])):
-            with contextlib.suppress(OSError):  # not empty: something else lives there
-                os.rmdir(dirpath)
+            shutil.rmtree(self.local_dir, ignore_errors=True)
