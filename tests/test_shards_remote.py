@@ -115,9 +115,10 @@ def test_ray_workers_upload_their_shards(sample_root: Path, tmp_path: Path, refe
 # ---------------------------------------------------------------- S3 (a local S3-compatible server)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_server():
-    """A moto S3 server on a free local port with an empty bucket ``shards``; yields (environment, s3fs)."""
+    """A moto S3 server on a free local port with a bucket ``shards``; yields (environment, s3fs). Its
+    state lives in this process, so one server serves the whole module."""
     s3fs = pytest.importorskip("s3fs", reason="the remote extra is not installed: pip install -e '.[remote]'")
     server_mod = pytest.importorskip("moto.server", reason="the remote extra is not installed: "
                                                            "pip install -e '.[remote]'")
@@ -163,3 +164,17 @@ def test_s3_output_equals_local_resumes_and_inspects(sample_root: Path, tmp_path
     inspected = run_sharder([sys.executable, "-m", "shards.inspect", "s3://shards/k700", "--verify"], env=env)
     assert inspected.returncode == 0, inspected.stderr
     assert "ok val: 5 samples" in inspected.stdout and "ok test: 3 samples" in inspected.stdout
+
+
+@pytest.mark.slow
+def test_s3_bucket_that_does_not_exist_is_a_one_line_error(sample_root: Path, tmp_path: Path, s3_server) -> None:
+    env, _ = s3_server
+    failed = run_sharder(cmd(sample_root, "s3://nobucket/k700", "--stage", str(tmp_path / "stage")), env=env)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "error: upload of plan.json to s3://nobucket/k700/plan.json failed 3 times (FileNotFoundError: The specified "
+        "bucket does not exist); fix the store or its credentials and re-run the same command to resume")
+    inspected = run_sharder([sys.executable, "-m", "shards.inspect", "s3://nobucket/k700"], env=env)
+    assert inspected.returncode == 1
+    assert inspected.stderr.strip() == ("error: s3://nobucket/k700/dataset.json: no dataset card (is s3://nobucket/k700 "
+                                        "a shard directory written by `python -m shards`, and has the job finished?)")
