@@ -23,13 +23,15 @@ LIMIT ?=
 ENGINE ?=
 RAY_ADDRESS ?=
 MAX_RETRIES ?=
+STAGE ?=
 opt = $(if $(strip $(2)),--$(1) "$(strip $(2))")
 SHARD_FLAGS = --data $(DATA) --out "$(OUT)" $(call opt,root,$(ROOT)) $(call opt,csv,$(CSV)) \
   $(call opt,splits,$(SPLITS)) $(call opt,fps,$(FPS)) $(call opt,size,$(SIZE)) \
   $(call opt,quality,$(QUALITY)) $(call opt,workers,$(WORKERS)) $(call opt,shard-mb,$(SHARD_MB)) \
   $(call opt,max-per-shard,$(MAX_PER_SHARD)) $(call opt,min-frames,$(MIN_FRAMES)) $(call opt,limit,$(LIMIT)) \
-  $(call opt,engine,$(ENGINE)) $(call opt,ray-address,$(RAY_ADDRESS)) $(call opt,max-retries,$(MAX_RETRIES))
+  $(call opt,engine,$(ENGINE)) $(call opt,ray-address,$(RAY_ADDRESS)) $(call opt,max-retries,$(MAX_RETRIES)) $(call opt,stage,$(STAGE))
 RAY_INSTALL = $(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install --quiet -e '.[ray]'
+REMOTE_INSTALL = $(PY) -c "import s3fs, moto" 2>/dev/null || $(PY) -m pip install --quiet -e '.[remote]'
 
 
 SAMPLE_SHARDS := data/sample_shards
@@ -63,6 +65,7 @@ demo: setup
 
 test: setup
 	@$(RAY_INSTALL)
+	@$(REMOTE_INSTALL)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

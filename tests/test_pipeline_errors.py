@@ -73,3 +73,9 @@ def test_missing_card_and_split(shards: Path, tmp_path: Path) -> None:
     (shards / "val" / "val-000000.idx").unlink()
     with pytest.raises(ValueError, match=r"val-000000\.idx.*missing"):
         _load(shards, split="val")
+
+
+def test_url_shards_are_refused_with_a_hint(shards: Path) -> None:
+    with pytest.raises(ValueError, match=r"shards s3://bucket/k700: the loader reads shards from a local"):
+        _load("s3://bucket/k700")
+    assert len(_load(f"{shards}")) > 0  # the same call on a local directory works
