@@ -37,7 +37,7 @@ REMOTE_INSTALL = $(PY) -c "import s3fs, moto" 2>/dev/null || $(PY) -m pip instal
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup demo test test-fast lint shards inspect bench-shards profile train bench-train eval clean help
+.PHONY: setup demo test test-fast lint shards inspect bench-shards profile profile-kinetics-like train bench-train eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -101,6 +101,13 @@ PROFILE_FLAGS = --shards "$(SHARDS)" --loaders $(LOADERS) --workloads $(WORKLOAD
 
 profile: setup ffcv
 	$(PY) -m tools.profile_loader $(PROFILE_FLAGS)
+
+# the same profile on Kinetics-shaped clips (10 s, 340x256, 25 fps, x264 default GOP)
+KLIKE := data/kinetics_like
+profile-kinetics-like: setup
+	$(PY) -m shards.kinetics_like $(KLIKE)/videos
+	$(PY) -m shards --data kinetics --root $(KLIKE)/videos --out $(KLIKE)/shards --shard-mb 8
+	$(MAKE) --no-print-directory profile SHARDS=$(KLIKE)/shards ROOT=$(KLIKE)/videos
 
 # FFCV (optional extra, the fastest published CPU image loader) for the profiler's ffcv peer
 .PHONY: ffcv

@@ -14,6 +14,7 @@ decoded to deliver each triplet. One loader epoch is ``cfg.repeat`` passes over 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,9 +47,7 @@ class ShardTriplets(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         torch.manual_seed(seed_for(self.cfg.seed, self.epoch, wid, 1))
         rng = _rng(self.cfg, self.epoch, wid)
-        tars = [self.split.tars[i] for _ in range(self.cfg.repeat)
-                for i in _rng(self.cfg, self.epoch).permutation(len(self.split.tars))]
-        urls = tars[wid::nw]
+        urls = worker_tars(self.split, self.cfg, self.epoch, nw)[wid]
         stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None,
                                 workersplitter=None).shuffle(min(self.cfg.shuffle_buffer, 64), rng=rng_py(rng))
         views = TorchViews(self.cfg)
@@ -62,6 +61,25 @@ class ShardTriplets(IterableDataset):
             key = sample["__key__"].rsplit("/", 1)[-1]
             yield {**views(*imgs), "frame_idx": torch.tensor(frames), "num_frames": t,
                    "label": labels.get(key, -1), "key": key, "decoded": 3}
+
+
+def worker_tars(split: Split, cfg: PipelineConfig, epoch: int, workers: int) -> list[list[str]]:
+    """The epoch's tars (``cfg.repeat`` seeded permutations) dealt to ``workers`` workers by samples.
+
+    Each tar goes, in order, to the worker with the fewest samples so far (ties: the lowest id),
+    so workers end within one tar of each other even when shards differ in size (dealing every
+    n-th tar would leave a worker idle once its small tars run out).
+    """
+    counts = Counter(ref.tar for ref in split.samples)
+    order = _rng(cfg, epoch)
+    tars = [split.tars[i] for _ in range(cfg.repeat) for i in order.permutation(len(split.tars))]
+    dealt: list[list[str]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for tar in tars:
+        w = min(range(workers), key=lambda k: (load[k], k))
+        dealt[w].append(tar)
+        load[w] += counts[tar]
+    return dealt
 
 
 def rng_py(rng: np.random.Generator):

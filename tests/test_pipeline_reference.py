@@ -11,7 +11,7 @@ import torch
 from pipeline.config import PipelineConfig
 from pipeline.dataset import open_split
 from pipeline.loader import build_loader
-from pipeline.reference import ReferenceLoader
+from pipeline.reference import ReferenceLoader, worker_tars
 from pipeline.sampling import sandwich_ranges
 from tests.test_pipeline_sampling import check_sandwich
 
@@ -82,3 +82,18 @@ def test_ffcv_peer(sample_shards, tmp_path) -> None:
     assert len(batches) == 3
     assert batches[0]["past"].shape == (6, 1, 3, 16, 16) and batches[0]["past"].dtype == torch.float32
     assert sorted(torch.cat([b["label"] for b in batches]).tolist()) == sorted(s.label_id for s in split.samples)
+
+
+def test_torch_workers_share_uneven_shards(sample_shards) -> None:
+    """Shards of unequal sizes are dealt by samples, so no DataLoader worker runs out early."""
+    split = open_split(sample_shards, "train", verify_offsets=False)
+    sizes = {t: sum(r.tar == t for r in split.samples) for t in split.tars}
+    assert max(sizes.values()) > min(sizes.values())  # the case this guards
+    cfg = PipelineConfig(repeat=6)
+    for workers in (2, 3):
+        dealt = worker_tars(split, cfg, epoch=1, workers=workers)
+        assert sorted(t for d in dealt for t in d) == sorted(split.tars * cfg.repeat)  # each pass once
+        loads = [sum(sizes[t] for t in d) for d in dealt]
+        assert max(loads) - min(loads) <= max(sizes.values())
+    assert worker_tars(split, cfg, 1, 2) == worker_tars(split, cfg, 1, 2)
+    assert worker_tars(split, cfg, 1, 2) != worker_tars(split, cfg, 2, 2)

@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--batches", type=int, default=8, help="batches per timed repeat")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=2, help="batches after the first one, untimed")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="batches after the first one, untimed (default 2 × workers + 2: more than any "
+                         "loader holds ready, so the timed batches are made while timed)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--split", default="train")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad:
             ap.error(f"--{name}: unknown {bad}; choose from {allowed}")
         setattr(args, name, items)
+    if args.warmup is None:
+        args.warmup = 2 * args.workers + 2
     return args
 
 
