@@ -12,9 +12,10 @@ per view keeps both cores busy; blur and solarize run only on the views they can
 float tensor is copied for stacking.
 
 Photometric steps, per view, in this order (the recipe's probabilities and ranges):
-- colour jitter with p ``jitter_p``: one ``color_twist`` (brightness, contrast, saturation, hue,
-  in that fixed order, one affine colour map clamped to [0, 255]; hue is DALI's YIQ rotation);
-  grayscale with p ``grayscale_p`` is saturation 0 in the same op;
+- colour jitter with p ``jitter_p``: brightness, contrast, saturation, hue in that fixed order,
+  composed into one per-view affine colour map (hue is a rotation of the YIQ chroma plane) and
+  applied by one ``coord_transform``, rounded and clamped to [0, 255]; grayscale with p
+  ``grayscale_p`` is saturation 0 in the same map;
 - Gaussian blur with probability p, sigma uniform in ``blur_sigma``: a separable ``fn.filter``
   with per-view taps exp(-k²/2σ²) for |k| <= ceil(3σ) (``fn.gaussian_blur``'s window), zero
   beyond, normalised; a view whose coin says no gets the identity kernel. Same pixels as
@@ -64,16 +65,44 @@ def _coins(probs: list[float]):
     return fn.cast(fn.random.uniform(range=[0.0, 1.0], shape=[len(probs)]) < _const(probs), dtype=types.FLOAT)
 
 
+def _yiq_basis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB matrices A0, A1, A2 with H(θ)·S(s) = A0 + s·cosθ·A1 + s·sinθ·A2.
+
+    In YIQ coordinates saturation s scales the chroma (I, Q) and hue θ rotates it: A0 keeps the
+    luma, A1 the chroma, A2 is the chroma turned by 90°.
+    """
+    yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    inv = np.linalg.inv(yiq)
+    e = np.eye(3)
+    a0 = inv @ np.outer(e[0], e[0]) @ yiq
+    a1 = inv @ (np.outer(e[1], e[1]) + np.outer(e[2], e[2])) @ yiq
+    a2 = inv @ (np.outer(e[2], e[1]) - np.outer(e[1], e[2])) @ yiq
+    return tuple(a.astype(np.float32) for a in (a0, a1, a2))
+
+
+YIQ_A0, YIQ_A1, YIQ_A2 = _yiq_basis()
+
+
 def jitter(seq, cfg: PipelineConfig, n: int):
-    """Colour jitter (p ``jitter_p``) and grayscale (p ``grayscale_p``): one per-view ``color_twist``."""
+    """Colour jitter (p ``jitter_p``) and grayscale (p ``grayscale_p``): one per-view affine colour map.
+
+    Brightness b, then contrast c about mid-grey 128, then saturation s and hue θ in YIQ, make
+    x -> c·b·H(θ)·S(s)·x + 128·(1 - c) (S and H keep grey grey); grayscale is s = 0. Applied by
+    ``coord_transform`` with a per-view 3×3 matrix, rounded and clamped to uint8 (cheaper on the
+    CPU than ``color_twist`` for the same map).
+    """
     on = _coins([cfg.jitter_p] * n)
     gray = _coins([cfg.grayscale_p] * n)
     brightness = 1.0 + on * _draw(n, -cfg.brightness, cfg.brightness)
     contrast = 1.0 + on * _draw(n, -cfg.contrast, cfg.contrast)
     saturation = (1.0 + on * _draw(n, -cfg.saturation, cfg.saturation)) * (1.0 - gray)
-    hue = on * _draw(n, -360.0 * cfg.hue, 360.0 * cfg.hue)
-    return fn.color_twist(seq, brightness=fn.per_frame(brightness), contrast=fn.per_frame(contrast),
-                          saturation=fn.per_frame(saturation), hue=fn.per_frame(hue))
+    hue = on * _draw(n, -2.0 * math.pi * cfg.hue, 2.0 * math.pi * cfg.hue)  # radians
+    scale = fn.reshape(brightness * contrast, shape=[n, 1, 1])
+    chroma_cos = fn.reshape(saturation * dmath.cos(hue), shape=[n, 1, 1])
+    chroma_sin = fn.reshape(saturation * dmath.sin(hue), shape=[n, 1, 1])
+    matrix = scale * (_const(YIQ_A0[None]) + chroma_cos * _const(YIQ_A1[None]) + chroma_sin * _const(YIQ_A2[None]))
+    offset = fn.reshape(128.0 * (1.0 - contrast), shape=[n, 1]) * _const(np.ones((1, 3)))
+    return fn.coord_transform(seq, M=fn.per_frame(matrix), T=fn.per_frame(offset), dtype=types.UINT8)
 
 
 def gaussian_blur(seq, cfg: PipelineConfig, probs: list[float]):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import gaussian_blur, solarize
+from pipeline.augment import gaussian_blur, jitter, solarize
 from pipeline.config import PipelineConfig
 from pipeline.loader import build_loader
 
@@ -58,6 +58,40 @@ def test_solarize_per_view() -> None:
         assert all(np.array_equal(v, solar) or np.array_equal(v, img) for v in mixed)
         flipped += sum(np.array_equal(v, solar) for v in mixed)
     assert 0 < flipped < 8 * len(IMAGES)  # each view draws its own coin
+
+
+YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def test_jitter_off_is_identity_and_grayscale_is_luma() -> None:
+    off = PipelineConfig(jitter_p=0.0, grayscale_p=0.0)
+    gray = PipelineConfig(jitter_p=0.0, grayscale_p=1.0)
+    same, grey = _run(lambda img: (jitter(_seq(img, 3), off, 3), jitter(_seq(img, 3), gray, 3)))
+    for a, g, img in zip(same, grey, IMAGES):
+        assert all(np.array_equal(v, img) for v in a)
+        luma = np.clip(np.rint(img.astype(np.float64) @ YIQ[0]), 0, 255)
+        for v in g:
+            assert np.abs(v.astype(int) - luma[..., None]).max() <= 1  # R = G = B = luma, ±rounding
+
+
+def test_jitter_hue_turns_chroma_and_keeps_luma() -> None:
+    """Hue alone (b = c = s = 1) rotates YIQ chroma: luma and chroma length stay, the angle moves."""
+    cfg = PipelineConfig(jitter_p=1.0, grayscale_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.1)
+    mid = [(96 + img // 4).astype(np.uint8) for img in IMAGES]  # no clamping after a hue turn
+    (ours,) = _run(lambda img: (jitter(_seq(fn.cast(img // 4 + 96, dtype=types.UINT8), 6), cfg, 6),))
+    turned = 0
+    for seq, img in zip(ours, mid):
+        before = img.reshape(-1, 3).astype(np.float64) @ YIQ.T
+        for v in seq:
+            after = v.reshape(-1, 3).astype(np.float64) @ YIQ.T
+            assert np.abs(after[:, 0] - before[:, 0]).max() <= 1.0
+            r0, r1 = np.hypot(*before[:, 1:].T), np.hypot(*after[:, 1:].T)
+            assert np.abs(r1 - r0).max() <= 1.5
+            angle = np.angle((after[:, 1] + 1j * after[:, 2]) * np.conj(before[:, 1] + 1j * before[:, 2]))
+            big = r0 > 10
+            assert np.abs(angle[big]).max() <= 2 * np.pi * 0.1 + 0.05  # within ±36°
+            turned += np.median(np.abs(angle[big])) > 0.05
+    assert turned > len(IMAGES) * 6 // 2  # views draw their own angle
 
 
 def _pixels(x: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
