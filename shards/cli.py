@@ -116,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     console.print(summary_table(card))
     rejected = sum(s["rejected"] for s in card["splits"].values())
     missing = sum(s["missing"] for s in card["splits"].values())
+    unused = sum(s.get("unlisted_files", 0) + s.get("duplicate_files", 0) for s in card["splits"].values())
     console.print(
         f"{run['elapsed_s']:.1f}s with {run['workers']} workers ({run['skipped_shards']} shards already done); "
         f"{rejected} rejected (see {output.display('rejected.parquet')}), {missing} listed but missing "
-        f"(see {output.display('missing.parquet')}); shards in {cfg.out}"
+        f"(see {output.display('missing.parquet')})"
+        + (f", {unused} files on disk not used (see {output.display('skipped.parquet')})" if unused else "")
+        + f"; shards in {cfg.out}"
     )
     return 0

@@ -45,7 +45,8 @@ def summary(out: str) -> list[Table]:
     output = Output.open(out)
     rejected = read_rows(output, "rejected.parquet")
     t = Table(title=f"shards in {out}")
-    for col in ("split", "clips", "classes", "frames", "hours", "GB", "KB/clip-s", "shards", "missing", "rejected"):
+    for col in ("split", "clips", "classes", "frames", "hours", "GB", "KB/clip-s", "shards", "missing", "rejected",
+                "unused files"):
         t.add_column(col, justify="left" if col == "split" else "right")
     for split, s in card["splits"].items():
         manifest = read_rows(output, f"{split}/manifest.parquet")
@@ -53,7 +54,7 @@ def summary(out: str) -> list[Table]:
         kbps = s["bytes"] / 1000 / s["seconds"] if s["seconds"] else 0.0
         t.add_row(split, str(len(manifest)), str(classes), str(s["frames"]), f"{s['seconds'] / 3600:.3f}",
                   f"{s['bytes'] / 1e9:.3f}", f"{kbps:.0f}", str(len(s["shards"])), str(s["missing"]),
-                  str(s["rejected"]))
+                  str(s["rejected"]), str(s.get("unlisted_files", 0) + s.get("duplicate_files", 0)))
     r = Table(title="rejects by reason")
     for col in ("split", "stage", "reason", "clips"):
         r.add_column(col)

@@ -149,34 +149,37 @@ REJECTED_SCHEMA = pa.schema([
 MISSING_SCHEMA = pa.schema([
     ("split", pa.string()), ("key", pa.string()), ("label", pa.string()), ("youtube_id", pa.string()),
 ])
+SKIPPED_SCHEMA = pa.schema([("split", pa.string()), ("source", pa.string()), ("reason", pa.string())])
 
 
 def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSources],
              stats: dict[str, dict], labels: dict[str, int]) -> dict[str, Any]:
-    """Write manifests, labels.json, rejected/missing tables and the dataset card."""
+    """Write manifests, labels.json, rejected/missing/skipped tables and the dataset card."""
     card: dict[str, Any] = {
         "format": "frame-indexed-webdataset", "format_version": FORMAT_VERSION, "tool_version": __version__,
         "settings": cfg.output_settings(), "components": ["mjpeg", "offsets", "json"],
         "offsets_dtype": "<i8", "num_classes": len(labels), "splits": {},
     }
-    rejected, missing = [], []
+    rejected, missing, skipped = [], [], []
     for src in splits:
         names = [s["name"] for s in plan["splits"][src.split]]
         rows = [r for n in names for r in stats[n]["rows"]]
         rejected += [r for n in names for r in stats[n]["rejects"]]
         missing += src.missing
+        skipped += src.skipped
         _write_table(rows, output, f"{src.split}/manifest.parquet", MANIFEST_SCHEMA)
         shard_list = [{"tar": stats[n]["shard"], "index": stats[n]["index"], "samples": stats[n]["samples"],
                        "bytes": stats[n]["tar_bytes"]} for n in names if stats[n]["samples"]]
         card["splits"][src.split] = {
             "samples": len(rows), "listed": len(src.clips) + len(src.missing), "found": len(src.clips),
             "missing": len(src.missing), "rejected": sum(stats[n]["rejected"] for n in names),
-            "unlisted_files": src.unlisted, "duplicate_files": len(src.duplicates),
+            "unlisted_files": src.count_skipped("unlisted"), "duplicate_files": src.count_skipped("duplicate"),
             "frames": sum(r["num_frames"] for r in rows), "bytes": sum(r["bytes"] for r in rows),
             "seconds": sum(r["duration_s"] for r in rows), "shards": shard_list,
         }
     _write_table(rejected, output, "rejected.parquet", REJECTED_SCHEMA)
     _write_table(missing, output, "missing.parquet", MISSING_SCHEMA)
+    _write_table(skipped, output, "skipped.parquet", SKIPPED_SCHEMA)
     write_file(output, "labels.json", json.dumps(labels, indent=1, sort_keys=True).encode())
     write_file(output, "dataset.json", json.dumps(card, indent=1).encode())  # last: "the job has finished"
     return card

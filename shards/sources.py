@@ -40,8 +40,11 @@ class SplitSources:
     split: str
     clips: list[Clip] = field(default_factory=list)
     missing: list[dict[str, str]] = field(default_factory=list)  # listed, not on disk
-    unlisted: int = 0  # video files on disk that no CSV row names
-    duplicates: list[str] = field(default_factory=list)  # extra files for an already-found key
+    skipped: list[dict[str, str]] = field(default_factory=list)  # on disk, not used: split, source, reason
+
+    def count_skipped(self, reason_start: str) -> int:
+        """How many skipped files have a reason starting with ``reason_start``."""
+        return sum(s["reason"].startswith(reason_start) for s in self.skipped)
 
 
 def _video_files(folder: Path) -> list[Path]:
@@ -123,7 +126,8 @@ def _kinetics_split(root: Path, csv_path: Path, rows: list[dict[str, str]], limi
         for path in _video_files(folder):
             stem = path.stem
             if stem in by_stem:
-                out.duplicates.append(str(path.relative_to(root)))
+                out.skipped.append({"split": split, "source": str(path.relative_to(root)),
+                                    "reason": f"duplicate: {by_stem[stem].relative_to(root)} has the same clip id"})
             else:
                 by_stem[stem] = path
     listed: set[str] = set()
@@ -146,7 +150,10 @@ def _kinetics_split(root: Path, csv_path: Path, rows: list[dict[str, str]], limi
         rel = str(path.relative_to(root))
         key = safe_key(stem, rel)
         clips[key] = Clip(key, split, str(path), rel, label, ytid, start, end)
-    out.unlisted = len(set(by_stem) - listed)
+    for stem in sorted(set(by_stem) - listed):
+        out.skipped.append({"split": split, "source": str(by_stem[stem].relative_to(root)),
+                            "reason": f"unlisted: no row of {csv_path.name} names this clip"})
+    out.skipped.sort(key=lambda s: s["source"])
     out.clips = [clips[k] for k in sorted(clips)]
     if limit:
         out.clips = out.clips[:limit]

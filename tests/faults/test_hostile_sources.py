@@ -60,6 +60,10 @@ def test_every_listed_clip_is_accounted_for_exactly_once(hostile) -> None:
     assert dict(records) == expected  # every listed clip, where it was expected to go
     splits = card(out)["splits"]
     assert (splits["train"]["duplicate_files"], splits["train"]["unlisted_files"]) == (1, 1)
+    skipped = pq.read_table(out / "skipped.parquet").to_pylist()  # the unused files, by path, with why
+    assert sorted(r["reason"].split(":")[0] for r in skipped) == ["duplicate", "unlisted"]
+    assert any(r["source"].endswith("unlisted000_000000_000002.mp4") for r in skipped)
+    assert all(r["split"] == "train" and (_root / r["source"]).is_file() for r in skipped)
     assert splits["train"]["found"] == splits["train"]["samples"] + splits["train"]["rejected"]
 
 
