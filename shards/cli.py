@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p.add_argument("--ray-address", default=None,
                    help="ENGINE=ray: cluster to join (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--max-retries", type=int, default=d.max_retries,
-                   help="ENGINE=ray: reruns of a shard task whose worker or node died")
+                   help="reruns of a shard task whose worker process (or Ray node) died")
     a = p.parse_args(argv)
     if a.ray_address is None:
         a.ray_address = os.environ.get("RAY_ADDRESS", "") if a.engine == "ray" else ""

@@ -32,7 +32,7 @@ class ShardsConfig:
     limit: int = 0  # first N clips of each split; 0: all
     engine: Literal["local", "ray"] = "local"  # where shard tasks run; never changes the output
     ray_address: str = ""  # ENGINE=ray: cluster to join; "" starts a local Ray instance
-    max_retries: int = 3  # ENGINE=ray: reruns of a task whose worker or node died
+    max_retries: int = 3  # reruns of a task whose worker process (or Ray node) died
     decode_threads: int = 0  # FFmpeg decoder threads per worker; 0: cores / workers
 
     @property

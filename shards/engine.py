@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import multiprocessing as mp
 import os
 import queue
 import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -69,27 +71,67 @@ def _init_worker(events: Any) -> None:
 
 
 def _run_in_worker(task: ShardTask, output: Output) -> dict[str, Any]:
-    return run_task(task, output, _events.put)
+    number = itertools.count()
+    return run_task(task, output, lambda event: _events.put((task.name, next(number), event)))
 
 
-def _drain(events: Any, on_clip: ClipCallback) -> None:
+def forward_once(events: list[tuple[str, int, dict]], forwarded: set[tuple[str, int]],
+                 on_clip: ClipCallback) -> None:
+    """Pass each clip's event ``(shard name, clip number, event)`` on once: a retried task
+    re-sends the clips of its first try."""
+    for name, number, event in events:
+        if (name, number) not in forwarded:
+            forwarded.add((name, number))
+            on_clip(event)
+
+
+def _drain(events: Any, forwarded: set[tuple[str, int]], on_clip: ClipCallback) -> None:
+    items = []
     while True:
         try:
-            on_clip(events.get_nowait())
+            items.append(events.get_nowait())
         except queue.Empty:
-            return
+            break
+    forward_once(items, forwarded, on_clip)
 
 
 class LocalEngine:
-    """A pool of ``workers`` spawned processes on this machine."""
+    """A pool of ``workers`` spawned processes on this machine.
 
-    def __init__(self, workers: int):
-        self.workers = workers
+    When a worker dies (killed, out of memory, a crash inside a decoder) the pool breaks; the
+    unfinished tasks then run again in a fresh pool, up to ``max_retries`` times, and each clip
+    is reported once. A task that raises (a full disk, a failed upload) stops the job at once.
+    """
+
+    def __init__(self, workers: int, max_retries: int = 3):
+        self.workers, self.max_retries = workers, max_retries
 
     def run(self, tasks: list[ShardTask], output: Output, on_clip: ClipCallback) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        forwarded: set[tuple[str, int]] = set()
+        for attempt in range(self.max_retries + 1):
+            todo = [t for t in tasks if t.name not in done]
+            if not todo:
+                break
+            try:
+                self._run_pool(todo, output, done, forwarded, on_clip)
+            except BrokenProcessPool:
+                if attempt == self.max_retries:
+                    left = [t.name for t in tasks if t.name not in done]
+                    raise RuntimeError(
+                        f"a worker process died on all {self.max_retries + 1} attempt(s) (out of memory or a crash "
+                        f"in a decoder) with {len(left)} shard(s) unfinished, e.g. {left[0]}; re-run the same "
+                        "command to resume") from None
+                left = sum(t.name not in done for t in tasks)
+                print(f"warning: a worker process died; running its {left} unfinished shard(s) again "
+                      f"(attempt {attempt + 2} of {self.max_retries + 1})", file=sys.stderr)
+        return done
+
+    def _run_pool(self, tasks: list[ShardTask], output: Output, done: dict[str, dict],
+                  forwarded: set[tuple[str, int]], on_clip: ClipCallback) -> None:
+        """One pool over ``tasks``; finished stats go into ``done`` as they arrive."""
         ctx = mp.get_context("spawn")
         events = ctx.Queue()
-        done: dict[str, dict] = {}
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(events,))
         try:
@@ -97,16 +139,12 @@ class LocalEngine:
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-                _drain(events, on_clip)
+                _drain(events, forwarded, on_clip)
                 for fut in finished:
                     done[futures[fut].name] = fut.result()
-        except BrokenProcessPool:
-            raise RuntimeError("a worker process died (out of memory or a crash in a decoder); "
-                               "re-run the same command to resume") from None
         finally:  # on an error, queued tasks are dropped; running ones finish or fail
             pool.shutdown(wait=True, cancel_futures=True)
-        _drain(events, on_clip)
-        return done
+            _drain(events, forwarded, on_clip)
 
 
 # ---------------------------------------------------------------- Ray
@@ -208,26 +246,17 @@ class RayEngine:
                     task = todo.pop(0)
                     pending[remote.remote(task, output, sink)] = task
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                self._forward(ray.get(sink.drain.remote()), forwarded, on_clip)
+                forward_once(ray.get(sink.drain.remote()), forwarded, on_clip)
                 for ref in ready:
                     task = pending.pop(ref)
                     done[task.name] = self._result(ray, ref, task)
-            self._forward(ray.get(sink.drain.remote()), forwarded, on_clip)
+            forward_once(ray.get(sink.drain.remote()), forwarded, on_clip)
             return done
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
             if started:
                 ray.shutdown()
-
-    @staticmethod
-    def _forward(events: list[tuple[str, int, dict]], forwarded: set[tuple[str, int]],
-                 on_clip: ClipCallback) -> None:
-        """Pass each clip's event on once: a retried task re-sends the clips of its first try."""
-        for name, number, event in events:
-            if (name, number) not in forwarded:
-                forwarded.add((name, number))
-                on_clip(event)
 
     def _result(self, ray: Any, ref: Any, task: ShardTask) -> dict[str, Any]:
         """A task's stats, its own exception unwrapped, or a RuntimeError once retries ran out."""
@@ -246,7 +275,7 @@ class RayEngine:
 def make_engine(cfg: ShardsConfig) -> Engine:
     """The engine ``cfg.engine`` names (ValueError if it cannot run here)."""
     if cfg.engine == "local":
-        return LocalEngine(cfg.num_workers)
+        return LocalEngine(cfg.num_workers, cfg.max_retries)
     if cfg.engine == "ray":
         if importlib.util.find_spec("ray") is None:
             raise ValueError("ENGINE=ray needs the ray package: pip install -e '.[ray]'")

@@ -9,7 +9,7 @@ import pytest
 
 from shards.cli import main as shards_main
 from shards.config import ShardsConfig
-from shards.engine import LocalEngine, RayEngine, make_engine
+from shards.engine import LocalEngine, forward_once, make_engine
 
 
 @pytest.mark.parametrize("args, message", [
@@ -54,6 +54,6 @@ def test_events_of_a_retried_task_are_forwarded_once() -> None:
     first_try = [("val-000001", i, {"ok": True, "bytes": 10 * i}) for i in range(3)]
     second_try = [("val-000001", i, {"ok": True, "bytes": 10 * i}) for i in range(5)]
     other = [("val-000002", 0, {"ok": False, "bytes": 0})]
-    RayEngine._forward(first_try + other, forwarded, seen.append)
-    RayEngine._forward(second_try, forwarded, seen.append)
+    forward_once(first_try + other, forwarded, seen.append)
+    forward_once(second_try, forwarded, seen.append)
     assert [e["bytes"] for e in seen] == [0, 10, 20, 0, 30, 40]
