@@ -26,7 +26,8 @@ class PipelineConfig:
     local_size: int = 96
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
-    global_interp: Literal["cubic", "linear"] = "cubic"  # global and context crops (the recipe: bicubic)
+    global_interp: Literal["cubic", "linear"] = "cubic"  # current frame's global crops (the recipe: bicubic)
+    context_interp: Literal["cubic", "linear"] = "linear"  # past/future centred crops (the recipe names none)
     local_interp: Literal["cubic", "linear"] = "linear"  # the recipe names bicubic for global crops only
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     jitter_p: float = 0.8  # colour jitter: brightness, contrast, saturation, hue
@@ -73,7 +74,7 @@ class PipelineConfig:
             raise ValueError("pipeline.num_threads, prefetch, shuffle_buffer and range_workers must be >= 1")
         if self.repeat < 1:
             raise ValueError(f"pipeline.repeat must be >= 1, got {self.repeat}")
-        for name in ("global_interp", "local_interp"):
+        for name in ("global_interp", "context_interp", "local_interp"):
             if getattr(self, name) not in ("cubic", "linear"):
                 raise ValueError(f"pipeline.{name} must be 'cubic' or 'linear', got {getattr(self, name)!r}")
         if self.raw_size < 0:

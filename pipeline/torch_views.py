@@ -3,8 +3,9 @@
 Input: three PIL RGB images (past, current, future). Output: the dict of CHW float tensors
 that one sample of ``pipeline.loader`` holds: ``current_global`` [G,3,H,W], ``current_local``
 [L,3,h,w], ``past`` / ``future`` [2,3,H,W] (``simple``: one random-resized crop per frame).
-Interpolation as in ``pipeline.augment``: bicubic global and centred crops, ``local_interp``
-for the local crops, bilinear for the ``simple`` workload.
+Interpolation as in ``pipeline.augment``: ``global_interp`` for the global crops,
+``context_interp`` for the centred crops, ``local_interp`` for the local crops, bilinear for the
+``simple`` workload.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pipeline.config import PipelineConfig
 
 BICUBIC, BILINEAR = v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR
 INTERP = {"cubic": BICUBIC, "linear": BILINEAR}
+PIL_INTERP = {"cubic": Image.Resampling.BICUBIC, "linear": Image.Resampling.BILINEAR}
 
 
 class PilBlur:
@@ -51,7 +53,8 @@ class TorchViews:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         g, l_ = [cfg.global_size] * 2, [cfg.local_size] * 2
-        rrc_g = v2.RandomResizedCrop(g, scale=cfg.global_scale, ratio=cfg.ratio, interpolation=BICUBIC, antialias=True)
+        rrc_g = v2.RandomResizedCrop(g, scale=cfg.global_scale, ratio=cfg.ratio, interpolation=INTERP[cfg.global_interp],
+                                     antialias=True)
         rrc_l = v2.RandomResizedCrop(l_, scale=cfg.local_scale, ratio=cfg.ratio, interpolation=INTERP[cfg.local_interp],
                                      antialias=True)
         # simple: one bilinear (antialiased) crop per frame, the work FFCV's decoder does
@@ -70,7 +73,7 @@ class TorchViews:
         lo, hi = self.cfg.ratio
         cw, ch = min(w, h * hi), min(h, w / lo)
         box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-        return img.resize((self.cfg.global_size,) * 2, Image.Resampling.BICUBIC, box=box)
+        return img.resize((self.cfg.global_size,) * 2, PIL_INTERP[self.cfg.context_interp], box=box)
 
     def __call__(self, past: Image.Image, cur: Image.Image, fut: Image.Image) -> dict[str, torch.Tensor]:
         cfg = self.cfg

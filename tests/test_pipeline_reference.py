@@ -97,3 +97,29 @@ def test_torch_workers_share_uneven_shards(sample_shards) -> None:
         assert max(loads) - min(loads) <= max(sizes.values())
     assert worker_tars(split, cfg, 1, 2) == worker_tars(split, cfg, 1, 2)
     assert worker_tars(split, cfg, 1, 2) != worker_tars(split, cfg, 2, 2)
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+def test_centred_context_crop_matches_the_reference(sample_shards, interp: str) -> None:
+    """With photometry off, DALI's past/future views are the reference's centred crop, same geometry."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.torch_views import TorchViews
+
+    plain = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": (0.0, 0.0, 0.0), "solarize_p": 0.0}
+    cfg = PipelineConfig(**{**CFG, "global_size": 48, **plain, "context_interp": interp})
+    split = open_split(sample_shards, "train")
+    refs = {r.key: r for r in split.samples}
+    batch = next(build_loader(cfg, sample_shards, batch_size=4, device="cpu").iter_epoch(0))
+    views = TorchViews(cfg)
+    for b, key in enumerate(batch["key"]):
+        jpegs = refs[key].frame_jpegs()
+        for name, column in (("past", 0), ("future", 2)):
+            frame = Image.open(io.BytesIO(jpegs[int(batch["frame_idx"][b, column])])).convert("RGB")
+            want = views.context_t[0](views.centred(frame))  # photometry off: tensor, float, normalise
+            got = batch[name][b]
+            assert torch.equal(got[0], got[1])  # both views of the frame, untouched
+            diff = (got[0] - want).abs() * 255 * 0.226  # back to 0..255 levels (std ~0.226)
+            assert float(diff.mean()) < 2.0 and float(diff.max()) < 40, (key, name, float(diff.mean()))
