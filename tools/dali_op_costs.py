@@ -120,7 +120,8 @@ def opencv_costs(seconds: float) -> dict[str, float]:
 ABLATIONS = {  # name: PipelineConfig overrides
     "full tcore graph": {},
     "no colour jitter or grayscale": {"jitter_p": 0.0, "grayscale_p": 0.0},
-    "linear global and context crops": {"global_interp": "linear"},
+    "linear global crops": {"global_interp": "linear"},
+    "bicubic context crops": {"context_interp": "cubic"},
     "no local crops": {"num_local": 0},
     "no blur": {"blur_p": (0.0, 0.0, 0.0)},
     "no solarize": {"solarize_p": 0.0},
