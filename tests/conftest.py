@@ -8,6 +8,7 @@ import pytest
 
 from shards.cli import main as shards_main
 from shards.sample import build_sample
+from tests.faults.common import TWO_PER_SHARD, output_files, shard_locally
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,10 @@ def sample_shards(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     if code != 0:
         raise RuntimeError(f"building the sample shards failed with exit code {code}")
     return out
+
+
+@pytest.fixture(scope="session")
+def val_test_reference(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Output files of a local run (ENGINE=local, local OUT) with ``TWO_PER_SHARD``: what the Ray
+    engine and a remote OUT must reproduce byte for byte."""
+    return output_files(shard_locally(sample_root, tmp_path_factory.mktemp("local_ref") / "out", TWO_PER_SHARD))

@@ -17,17 +17,15 @@ import pytest
 
 from shards.cli import main as shards_main
 from shards.inspect import main as inspect_main
-from tests.faults.common import assert_finished_shards_are_whole, output_files, run_sharder
+from tests.faults.common import (
+    TWO_PER_SHARD,
+    assert_finished_shards_are_whole,
+    output_files,
+    run_sharder,
+)
 
-ARGS = ["--splits", "val,test", "--fps", "0", "--max-per-shard", "2", "--workers", "2"]  # 5 shards
+ARGS = TWO_PER_SHARD
 
-
-@pytest.fixture(scope="module")
-def reference(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Output files of the job with a local OUT."""
-    out = tmp_path_factory.mktemp("remote_ref") / "out"
-    assert shards_main(["--data", "kinetics", "--root", str(sample_root), "--out", str(out), *ARGS]) == 0
-    return output_files(out)
 
 
 def cmd(root: Path, out: str, *extra: str) -> list[str]:
@@ -39,11 +37,11 @@ def staged_files(stage: Path) -> list[Path]:
 
 
 def test_file_url_output_equals_local_and_resumes_after_lost_files(sample_root: Path, tmp_path: Path, capsys,
-                                                                   reference: dict[str, bytes]) -> None:
+                                                                   val_test_reference: dict[str, bytes]) -> None:
     remote, stage = tmp_path / "remote", tmp_path / "stage"
     args = cmd(sample_root, f"file://{remote}", "--stage", str(stage))[3:]
     assert shards_main(args) == 0
-    assert output_files(remote) == reference
+    assert output_files(remote) == val_test_reference
     assert not staged_files(stage)  # every staged file was uploaded, then removed
     assert f"see file://{remote}/rejected.parquet" in capsys.readouterr().err.replace("\n", "")
 
@@ -56,7 +54,7 @@ def test_file_url_output_equals_local_and_resumes_after_lost_files(sample_root: 
     (stale / "val-000002.idx.tmp").write_bytes(b"stale")
     assert shards_main(args) == 0
     assert "(3 shards already done)" in capsys.readouterr().err
-    assert output_files(remote) == reference and not staged_files(stage)
+    assert output_files(remote) == val_test_reference and not staged_files(stage)
 
     assert inspect_main([f"file://{remote}", "--verify"]) == 0
     assert "ok val: 5 samples" in capsys.readouterr().out
@@ -64,7 +62,7 @@ def test_file_url_output_equals_local_and_resumes_after_lost_files(sample_root: 
 
 @pytest.mark.slow
 def test_kill_9_during_a_file_url_run_then_resume(sample_root: Path, tmp_path: Path,
-                                                  reference: dict[str, bytes]) -> None:
+                                                  val_test_reference: dict[str, bytes]) -> None:
     remote, stage = tmp_path / "remote", tmp_path / "stage"
     job = cmd(sample_root, f"file://{remote}", "--stage", str(stage), "--workers", "1")
     proc = subprocess.Popen(job, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,12 +76,12 @@ def test_kill_9_during_a_file_url_run_then_resume(sample_root: Path, tmp_path: P
     assert 1 <= assert_finished_shards_are_whole(remote) < 5  # a remote marker means a whole shard
     done = run_sharder(job)
     assert done.returncode == 0, done.stderr
-    assert output_files(remote) == reference
+    assert output_files(remote) == val_test_reference
     assert not staged_files(stage) and not list(remote.rglob("*.tmp"))
 
 
 def test_failed_upload_is_one_line_error_and_the_resume_completes(sample_root: Path, tmp_path: Path,
-                                                                  reference: dict[str, bytes]) -> None:
+                                                                  val_test_reference: dict[str, bytes]) -> None:
     remote, stage = tmp_path / "remote", tmp_path / "stage"
     remote.mkdir()
     (remote / "val").write_bytes(b"")  # a file where the split's folder must go: every val upload fails
@@ -98,18 +96,19 @@ def test_failed_upload_is_one_line_error_and_the_resume_completes(sample_root: P
     (remote / "val").unlink()
     resumed = run_sharder(job)
     assert resumed.returncode == 0, resumed.stderr
-    assert output_files(remote) == reference and not staged_files(stage)
+    assert output_files(remote) == val_test_reference and not staged_files(stage)
 
 
 @pytest.mark.slow
-def test_ray_workers_upload_their_shards(sample_root: Path, tmp_path: Path, reference: dict[str, bytes]) -> None:
+def test_ray_workers_upload_their_shards(sample_root: Path, tmp_path: Path,
+                                        val_test_reference: dict[str, bytes]) -> None:
     pytest.importorskip("ray")
     remote = tmp_path / "remote"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = run_sharder(cmd(sample_root, f"file://{remote}", "--stage", str(tmp_path / "stage"), "--engine", "ray"),
                        env=env)
     assert done.returncode == 0, done.stderr
-    assert output_files(remote) == reference
+    assert output_files(remote) == val_test_reference
 
 
 # ---------------------------------------------------------------- S3 (a local S3-compatible server)
@@ -146,20 +145,20 @@ def bucket_files(fs, prefix: str) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_s3_output_equals_local_resumes_and_inspects(sample_root: Path, tmp_path: Path, s3_server,
-                                                     reference: dict[str, bytes]) -> None:
+                                                     val_test_reference: dict[str, bytes]) -> None:
     env, fs = s3_server
     stage = tmp_path / "stage"
     job = cmd(sample_root, "s3://shards/k700", "--stage", str(stage))
     done = run_sharder(job, env=env)
     assert done.returncode == 0, done.stderr
-    assert bucket_files(fs, "shards/k700") == reference and not staged_files(stage)
+    assert bucket_files(fs, "shards/k700") == val_test_reference and not staged_files(stage)
 
     fs.rm("shards/k700/val/val-000000.stats.json")
     fs.rm("shards/k700/dataset.json")
     resumed = run_sharder(job, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "(4 shards already done)" in resumed.stderr
-    assert bucket_files(fs, "shards/k700") == reference
+    assert bucket_files(fs, "shards/k700") == val_test_reference
 
     inspected = run_sharder([sys.executable, "-m", "shards.inspect", "s3://shards/k700", "--verify"], env=env)
     assert inspected.returncode == 0, inspected.stderr

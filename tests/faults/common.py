@@ -8,12 +8,22 @@ import sys
 import tarfile
 from pathlib import Path
 
+from shards.cli import main as shards_main
 from shards.shard import shard_is_finished
 from shards.storage import Output
 from shards.tario import check_index_against_tar
 
 DISK_BYTES = 32 * 2**20  # the small disk of the full-disk tests
 FREE_BYTES = 900 * 2**10  # space left on it: a few one-clip shards of the sample at FPS=3
+
+
+TWO_PER_SHARD = ["--splits", "val,test", "--fps", "0", "--max-per-shard", "2", "--workers", "2"]  # 5 shards
+
+
+def shard_locally(root: Path, out: Path, args: list[str]) -> Path:
+    """Run the sharder in this process (ENGINE=local) on the Kinetics-layout ``root``; returns ``out``."""
+    assert shards_main(["--data", "kinetics", "--root", str(root), "--out", str(out), *args]) == 0
+    return out
 
 
 def sharder_cmd(root: Path, out: Path, *extra: str) -> list[str]:

@@ -14,8 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shards.cli import main as shards_main
-from tests.faults.common import assert_finished_shards_are_whole, output_files, run_sharder
+from tests.faults.common import (
+    assert_finished_shards_are_whole,
+    output_files,
+    run_sharder,
+    shard_locally,
+)
 
 SEED = 20240611
 ROUNDS = 5
@@ -55,9 +59,7 @@ ARGS = ["--fps", "0", "--max-per-shard", "2", "--workers", "2"]  # 17 shards, ~5
 @pytest.fixture(scope="module")
 def reference(sample_root: Path, tmp_path_factory) -> Path:
     """An uninterrupted run of the sample at the source frame rate, 2 clips a shard."""
-    ref = tmp_path_factory.mktemp("kill") / "ref"
-    assert shards_main(["--data", "kinetics", "--root", str(sample_root), *ARGS, "--out", str(ref)]) == 0
-    return ref
+    return shard_locally(sample_root, tmp_path_factory.mktemp("kill") / "ref", ARGS)
 
 
 def _cmd(sample_root: Path, out: Path, *extra: str) -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 
 from shards.cli import main as shards_main
 from tests.faults.common import (
+    TWO_PER_SHARD,
     assert_finished_shards_are_whole,
     check_stopped_cleanly,
     fill_disk,
@@ -27,7 +28,7 @@ from tests.faults.common import (
 
 pytest.importorskip("ray")
 
-ARGS = ["--splits", "val,test", "--fps", "0", "--max-per-shard", "2", "--workers", "2"]
+ARGS = TWO_PER_SHARD
 
 
 def ray_env(**extra: str) -> dict[str, str]:
@@ -35,13 +36,6 @@ def ray_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return {**env, **extra}
 
-
-@pytest.fixture(scope="module")
-def reference(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Output files of ENGINE=local on the val and test splits."""
-    out = tmp_path_factory.mktemp("ray_ref") / "out"
-    assert shards_main(["--data", "kinetics", "--root", str(sample_root), "--out", str(out), *ARGS]) == 0
-    return output_files(out)
 
 
 def cmd(root: Path, out: Path, *extra: str) -> list[str]:
@@ -79,14 +73,14 @@ def progress_counts(stderr: str) -> list[tuple[int, int]]:
 
 @pytest.mark.slow
 def test_ray_output_equals_local_and_a_killed_worker_is_retried(sample_root: Path, tmp_path: Path,
-                                                                reference: dict[str, bytes]) -> None:
+                                                                val_test_reference: dict[str, bytes]) -> None:
     out = tmp_path / "ray"
     proc = subprocess.Popen(cmd(sample_root, out), env=ray_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     killed = kill_a_shard_worker(proc, out)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert output_files(out) == reference, f"after killing the worker writing {killed}"
+    assert output_files(out) == val_test_reference, f"after killing the worker writing {killed}"
     counts = progress_counts(err)  # the retried shard's clips are counted once
     assert counts and counts[-1] == (8, 8) and all(done <= total for done, total in counts)
     assert "with 2 workers (0 shards already done)" in err
@@ -94,7 +88,7 @@ def test_ray_output_equals_local_and_a_killed_worker_is_retried(sample_root: Pat
 
 @pytest.mark.slow
 def test_ray_gives_up_after_max_retries_and_the_resume_completes(sample_root: Path, tmp_path: Path,
-                                                                 reference: dict[str, bytes]) -> None:
+                                                                 val_test_reference: dict[str, bytes]) -> None:
     out = tmp_path / "ray"
     proc = subprocess.Popen(cmd(sample_root, out, "--max-retries", "0"), env=ray_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -107,12 +101,12 @@ def test_ray_gives_up_after_max_retries_and_the_resume_completes(sample_root: Pa
     assert_finished_shards_are_whole(out)
     resumed = run_sharder(cmd(sample_root, out)[:-2])  # the same job resumed on the local engine
     assert resumed.returncode == 0, resumed.stderr
-    assert output_files(out) == reference
+    assert output_files(out) == val_test_reference
 
 
 @pytest.mark.slow
 def test_ray_full_disk_reaches_the_driver_with_its_errno_and_resume_completes(
-        sample_root: Path, small_disk: Path, reference: dict[str, bytes]) -> None:
+        sample_root: Path, small_disk: Path, val_test_reference: dict[str, bytes]) -> None:
     filler = fill_disk(small_disk, free=5 * 2**20)  # the job needs ~14 MB, its shards ~2-3 MB each
     out = small_disk / "out"
     failed = run_sharder(cmd(sample_root, out), env=ray_env())
@@ -121,7 +115,7 @@ def test_ray_full_disk_reaches_the_driver_with_its_errno_and_resume_completes(
     filler.unlink()
     resumed = run_sharder(cmd(sample_root, out)[:-2])  # the same job resumed on the local engine
     assert resumed.returncode == 0, resumed.stderr
-    assert output_files(out) == reference
+    assert output_files(out) == val_test_reference
 
 
 def free_port() -> int:
@@ -160,11 +154,11 @@ def ray_head():
 
 @pytest.mark.slow
 def test_ray_joins_a_running_cluster_by_address(sample_root: Path, tmp_path: Path, ray_head: str,
-                                                reference: dict[str, bytes]) -> None:
+                                                val_test_reference: dict[str, bytes]) -> None:
     out = tmp_path / "ray"
     done = run_sharder(cmd(sample_root, out, "--ray-address", ray_head), env=ray_env(RAY_AUTH_MODE="disabled"))
     assert done.returncode == 0, done.stderr
-    assert output_files(out) == reference
+    assert output_files(out) == val_test_reference
 
 
 def test_an_address_where_nothing_listens_is_a_one_line_error(sample_root: Path, tmp_path: Path, capsys) -> None:
