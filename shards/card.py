@@ -26,3 +26,9 @@ def read_card(root: str | Path) -> dict[str, Any]:
     if card.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {card.get('format_version')} is not {FORMAT_VERSION}")
     return card
+
+
+def unused_files(split: dict[str, Any]) -> int:
+    """Video files of a card's split that were not sharded: no CSV row names them, or they repeat a clip id
+    (listed with the reason in skipped.parquet)."""
+    return split.get("unlisted_files", 0) + split.get("duplicate_files", 0)

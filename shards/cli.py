@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from shards.card import unused_files
 from shards.config import ShardsConfig
 from shards.job import run_job
 from shards.sample import build_sample
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(summary_table(card))
     rejected = sum(s["rejected"] for s in card["splits"].values())
     missing = sum(s["missing"] for s in card["splits"].values())
-    unused = sum(s.get("unlisted_files", 0) + s.get("duplicate_files", 0) for s in card["splits"].values())
+    unused = sum(unused_files(s) for s in card["splits"].values())
     console.print(
         f"{run['elapsed_s']:.1f}s with {run['workers']} workers ({run['skipped_shards']} shards already done); "
         f"{rejected} rejected (see {output.display('rejected.parquet')}), {missing} listed but missing "

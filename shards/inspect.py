@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from shards.card import read_card
+from shards.card import read_card, unused_files
 from shards.storage import Output, check_url
 from shards.tario import parse_index
 
@@ -54,7 +54,7 @@ def summary(out: str) -> list[Table]:
         kbps = s["bytes"] / 1000 / s["seconds"] if s["seconds"] else 0.0
         t.add_row(split, str(len(manifest)), str(classes), str(s["frames"]), f"{s['seconds'] / 3600:.3f}",
                   f"{s['bytes'] / 1e9:.3f}", f"{kbps:.0f}", str(len(s["shards"])), str(s["missing"]),
-                  str(s["rejected"]), str(s.get("unlisted_files", 0) + s.get("duplicate_files", 0)))
+                  str(s["rejected"]), str(unused_files(s)))
     r = Table(title="rejects by reason")
     for col in ("split", "stage", "reason", "clips"):
         r.add_column(col)

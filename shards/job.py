@@ -9,9 +9,9 @@ locally and uploaded at the point it would be written locally, the dataset card 
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import statistics
 from typing import Any
 
@@ -129,12 +129,9 @@ def run_tasks(tasks: list[ShardTask], output: Output, engine: Engine, progress: 
 
 
 def _write_table(rows: list[dict[str, Any]], output: Output, rel: str, schema: pa.Schema) -> None:
-    path = output.local_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    os.replace(tmp, path)
-    output.publish([rel])
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+    write_file(output, rel, buffer.getvalue())
 
 
 MANIFEST_SCHEMA = pa.schema([
