@@ -53,6 +53,16 @@ def _cpu_ms(source: Callable, body: Callable, seconds: float, layout: str) -> fl
     return 1000.0 * cpu / done
 
 
+def _images() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The test images, the same for every operator: BATCH random 224² RGB images, and BATCH crops
+    of 150–256 × 150–300 pixels (what a random resized crop of a 256-short-side frame cuts out)."""
+    rng = np.random.default_rng(0)
+    square = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(BATCH)]
+    crops = [rng.integers(0, 256, (int(rng.integers(150, 257)), int(rng.integers(150, 301)), 3), dtype=np.uint8)
+             for _ in range(BATCH)]
+    return square, crops
+
+
 def _colour(x):
     m = fn.random.uniform(range=[0.0, 0.6], shape=[3, 3])
     return fn.coord_transform(x, M=m, T=fn.random.uniform(range=[-9, 9], shape=[3]), dtype=types.UINT8)
@@ -60,10 +70,7 @@ def _colour(x):
 
 def operator_costs(jpegs: list[bytes], seconds: float) -> dict[str, float]:
     """CPU ms per image for each operator (see the module docstring)."""
-    rng = np.random.default_rng(0)
-    square = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(BATCH)]
-    crops = [rng.integers(0, 256, (int(rng.integers(150, 257)), int(rng.integers(150, 301)), 3), dtype=np.uint8)
-             for _ in range(BATCH)]
+    square, crops = _images()
     encoded = [np.frombuffer(j, dtype=np.uint8) for j in jpegs]
 
     def jpeg_batch(info=None):
@@ -97,10 +104,7 @@ def opencv_costs(seconds: float) -> dict[str, float]:
     except ImportError:
         return {}
     cv2.setNumThreads(1)
-    rng = np.random.default_rng(0)
-    crops = [rng.integers(0, 256, (int(rng.integers(150, 257)), int(rng.integers(150, 301)), 3), dtype=np.uint8)
-             for _ in range(BATCH)]
-    square = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(BATCH)]
+    square, crops = _images()
     matrix = np.array([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.0, 0.1, 0.9]], np.float32)
     work = {"OpenCV resize to 224², linear": lambda im: cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR),
             "OpenCV resize to 224², cubic": lambda im: cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC),

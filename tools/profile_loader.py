@@ -28,7 +28,7 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset import open_split, read_card
 from pipeline.loader import build_loader, parse_device
 from pipeline.reference import ReferenceLoader
-from tools.config import load_config
+from tools.config import load_config, parse_overrides
 
 LOADERS = ["dali", "dali-range", "torch", "mp4", "ffcv"]
 WORKLOADS = ["tcore", "simple"]
@@ -80,7 +80,7 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
     threads = os.cpu_count() or 1
     # DALI threads: one more than cores unless overridden (measured on 2 cores, simple workload:
     # CPU use 66 % -> 84 % of the cores, as each operator's last samples leave threads idle)
-    dali_threads = base.num_threads if any(o.startswith("num_threads=") for o in args.overrides) else threads + 1
+    dali_threads = base.num_threads if "num_threads" in parse_overrides(args.overrides) else threads + 1
     cfg = PipelineConfig(**{**base.__dict__, "workload": workload, "repeat": repeat, "num_threads": dali_threads,
                             "range_workers": threads, "verify_offsets": False,
                             "shuffle_buffer": min(base.shuffle_buffer, 2 * args.batch)})
