@@ -27,9 +27,10 @@ Photometric steps, per view, in this order (the recipe's probabilities and range
 Geometry: the current frame's global crops are bicubic (antialiased when downscaling, as PIL
 and torchvision do), as the recipe asks (``cfg.global_interp``). The past/future centred crop,
 for which the recipe names no interpolation, uses ``cfg.context_interp`` (default ``linear``:
-bicubic costs DALI's CPU resampler ~0.5 ms more per 224² view, ~1.3 ms per triplet). Local 96² crops use
-``cfg.local_interp`` (default ``linear``: the recipe names bicubic only for the global crops;
-linear costs ~25 % less on the CPU and differs from bicubic by a slight softness at 96 px);
+bicubic costs DALI's CPU resampler ~0.5 ms more per 224² view, ~1.8 ms per triplet in the whole
+graph). Local 96² crops use ``cfg.local_interp`` (default ``linear``: the recipe names bicubic
+only for the global crops; linear costs ~25 % less on the CPU and differs from bicubic by a
+slight softness at 96 px);
 their flip is ``fn.flip`` on the uint8 crop. The ``simple`` workload decodes only a random
 crop window and resizes it linearly (antialiased when downscaling), as FFCV's decoder does with
 OpenCV's INTER_AREA, so that the FFCV comparison is on equal work.

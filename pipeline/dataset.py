@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from shards.card import read_card
+from shards.storage import protocol
 from shards.tario import BLOCK, Member, check_index_against_tar
 
 COMPONENTS = ("mjpeg", "offsets", "json")
@@ -106,7 +107,7 @@ def _manifest(split_dir: Path) -> dict[str, dict]:
 
 def open_split(root: str | Path, split: str, verify_offsets: bool = True) -> Split:
     """Read and check one split of a shard directory; ValueError naming the bad file."""
-    if "://" in str(root):  # Path() would fold "s3://b" into "s3:/b"
+    if protocol(str(root)):  # checked first: Path() would fold "s3://b" into "s3:/b"
         raise ValueError(f"shards {root}: the loader reads shards from a local or mounted directory, not a URL; "
                          "copy them (e.g. with `aws s3 sync`) or mount the bucket")
     root = Path(root)
