@@ -183,7 +183,11 @@ def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSo
 
 
 def label_map(splits: list[SplitSources]) -> dict[str, int]:
-    """One sorted label -> id map shared by all splits (unlabelled clips get -1)."""
+    """One label -> id map shared by all splits (unlabelled clips get -1): the sources' own class
+    order when they give one (UCF101's classInd.txt), else the sorted names."""
+    given = next((s.classes for s in splits if s.classes), None)
+    if given:
+        return {name: i for i, name in enumerate(given)}
     names = sorted({c.label for s in splits for c in s.clips} | {m["label"] for s in splits for m in s.missing})
     return {name: i for i, name in enumerate(n for n in names if n)}
 
