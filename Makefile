@@ -139,16 +139,26 @@ train: setup
 bench-train: setup
 	$(PY) -m tools.bench_train --shards "$(SHARDS)" --config "$(CONFIG)" $(TRAIN_OVERRIDES)
 
-# evaluation by label propagation (DAVIS-2017 / JHMDB / VIP)
+# evaluation: label propagation (TASK=davis|jhmdb|vip, ROOT=benchmark) or action recognition
+# (TASK=ucf101|hmdb51-retrieval|linear|finetune, SHARDS=output of make shards DATA=ucf101|hmdb51,
+# or FEATURES=feats.npz to score given features; key.sub=value overrides pass through)
 CKPT ?=
 TASK ?= davis
 RESULTS ?=
 DEVICE ?=
 EVAL_ARGS ?=
+FEATURES ?=
+BACKBONE ?=
 eval: setup
+ifneq ($(filter %-retrieval %-linear %-finetune,$(TASK)),)
+	$(PY) -m tools.eval_action --task $(TASK) $(if $(FEATURES),--features "$(FEATURES)",--shards "$(SHARDS)") \
+	  $(call opt,ckpt,$(CKPT)) $(call opt,backbone,$(BACKBONE)) $(call opt,device,$(DEVICE)) \
+	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(TRAIN_OVERRIDES) $(EVAL_ARGS)
+else
 	$(PY) -m tools.eval_propagation --task $(TASK) --root "$(ROOT)" $(call opt,ckpt,$(CKPT)) \
 	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(call opt,results,$(RESULTS)) \
 	  $(call opt,device,$(DEVICE)) $(EVAL_ARGS)
+endif
 
 clean:
 	rm -rf data/sample_shards data/sample_kinetics data/demo .pytest_cache

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="auto (cuda if usable), cpu, cuda, cuda:N")
     p.add_argument("--config", help="YAML preset for ActionEvalConfig")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. split=2 finetune.epochs=50")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> ActionEvalConfig:
