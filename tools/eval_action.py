@@ -18,16 +18,21 @@ import dataclasses
 import hashlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
 
 from evaluation import retrieval
 from evaluation.action_config import TASKS, ActionEvalConfig
+from evaluation.action_data import ActionShards, Video
 from evaluation.action_report import data_label, print_result
 from evaluation.report import write_csv, write_json
+from evaluation.train_loop import RunDir
 from tools.config import config_to_dict, load_config, save_config
 
 ARRAYS = ("train_feats", "train_labels", "test_feats", "test_labels")
@@ -87,12 +92,27 @@ def _bar(console: Console, title: str) -> Progress:
                     console=console, disable=not console.is_terminal)
 
 
-def shard_features(cfg: ActionEvalConfig, ckpt: str | None, console: Console) -> tuple[dict, dict]:
-    """Features of the split's train and test videos (cached), as the arrays of a features file."""
-    from evaluation.action_data import ActionShards
-    from evaluation.action_features import cache_path, extract
+@dataclass
+class Prepared:
+    """The shards, the split's videos, the device and the backbone of a run."""
+
+    shards: ActionShards
+    train: list[Video]
+    test: list[Video]
+    absent: dict[str, list[str]]  # per role: keys the split lists that are not in the shards
+    device: torch.device
+    backbone: nn.Module
+    identity: dict  # backbone, checkpoint digest, shards, split: what the results depend on
+
+    def record(self) -> dict:
+        """What run.json says about them."""
+        return {"device": str(self.device), "identity": self.identity, "absent": self.absent,
+                "videos": {"train": len(self.train), "test": len(self.test)}}
+
+
+def prepare(cfg: ActionEvalConfig, ckpt: str | None) -> Prepared:
+    """Open the shards, check they hold the task's dataset, pick the videos, build the backbone."""
     from evaluation.backbones import build_backbone, file_digest
-    from evaluation.clip_source import ShardClipSource
     from model.device import resolve_device
 
     shards = ActionShards(cfg.shards)
@@ -101,55 +121,58 @@ def shard_features(cfg: ActionEvalConfig, ckpt: str | None, console: Console) ->
     device = resolve_device(cfg.device)
     (train, absent_train), (test, absent_test) = shards.videos(cfg.split, "train"), shards.videos(cfg.split, "test")
     backbone, name = build_backbone(cfg.backbone, ckpt, device)
-    identity = {"backbone": name, "checkpoint": file_digest(ckpt) if ckpt else "random-init", "shards": shards.identity}
-    cache = cache_path(cfg.features, identity)
+    identity = {"backbone": name, "checkpoint": file_digest(ckpt) if ckpt else "random-init",
+                "shards": shards.identity, "split": cfg.split}
+    return Prepared(shards, train, test, {"train": absent_train, "test": absent_test}, device, backbone, identity)
+
+
+def shard_features(cfg: ActionEvalConfig, run: Prepared, console: Console) -> tuple[dict[str, np.ndarray], dict]:
+    """Features of the split's train and test videos (cached), as the arrays of a features file."""
+    from evaluation.action_features import cache_path, extract
+    from evaluation.clip_source import ShardClipSource
+
+    ident = {k: v for k, v in run.identity.items() if k != "split"}  # one cache for all splits
+    cache = cache_path(cfg.features, ident)
     source = ShardClipSource(cfg.features.clips, cfg.workers)
     start = time.perf_counter()
     with _bar(console, "features") as bar:
-        task = bar.add_task("videos", total=len(train) + len(test))
-        feats = [extract(backbone, source, vids, cfg.features, device, cache, lambda n: bar.advance(task, n))
-                 for vids in (train, test)]
-    arrays = {"train_feats": feats[0], "train_labels": np.array([v.label for v in train]),
-              "test_feats": feats[1], "test_labels": np.array([v.label for v in test]),
-              "train_keys": np.array([v.key for v in train]), "test_keys": np.array([v.key for v in test]),
-              "generated": np.array(shards.generated)}
-    info = {"backbone": name, "device": str(device), "cache": str(cache) if cache else None, "identity": identity,
-            "classes": shards.classes, "generated": shards.generated, "videos": {"train": train, "test": test},
-            "absent": {"train": absent_train, "test": absent_test},
-            "features_s": time.perf_counter() - start}
-    return arrays, info
+        task = bar.add_task("videos", total=len(run.train) + len(run.test))
+        feats = [extract(run.backbone, source, vids, cfg.features, run.device, cache, lambda n: bar.advance(task, n))
+                 for vids in (run.train, run.test)]
+    arrays = {"train_feats": feats[0], "train_labels": np.array([v.label for v in run.train]),
+              "test_feats": feats[1], "test_labels": np.array([v.label for v in run.test]),
+              "train_keys": np.array([v.key for v in run.train]), "test_keys": np.array([v.key for v in run.test]),
+              "generated": np.array(run.shards.generated)}
+    return arrays, {"cache": str(cache) if cache else None, "features_s": time.perf_counter() - start}
 
 
-def run_retrieval(cfg: ActionEvalConfig, arrays: dict, info: dict, out: Path) -> dict:
+def run_retrieval(cfg: ActionEvalConfig, arrays: dict, classes: list[str], run: Prepared | None, out: Path) -> dict:
     """Recall at k, neighbours.csv and (from shards) neighbours.png."""
     summary, sims, idx = retrieval.score(arrays["train_feats"], arrays["train_labels"], arrays["test_feats"],
                                          arrays["test_labels"], cfg.retrieval)
     keys = {s: arrays.get(f"{s}_keys", np.arange(len(arrays[f"{s}_labels"])).astype(str)).tolist()
             for s in ("train", "test")}
-    classes = info.get("classes") or []
     header, rows = retrieval.neighbour_rows(sims, idx, keys["test"], arrays["test_labels"], keys["train"],
                                             arrays["train_labels"], classes, cfg.retrieval.neighbours)
     write_csv(out / "neighbours.csv", header, rows)
-    if "videos" in info and cfg.retrieval.png_queries:
-        retrieval.draw_neighbours(out / "neighbours.png", info["videos"]["test"], info["videos"]["train"],
-                                  sims, idx, classes, cfg.retrieval)
+    if run is not None and cfg.retrieval.png_queries:
+        retrieval.draw_neighbours(out / "neighbours.png", run.test, run.train, sims, idx, classes, cfg.retrieval)
     return summary
 
 
-def run_probe(cfg: ActionEvalConfig, arrays: dict, info: dict, out: Path, console: Console) -> dict:
+def run_probe(cfg: ActionEvalConfig, arrays: dict, classes: list[str], out: Path, console: Console) -> dict:
     """Train (or resume) the linear probe on the features; predictions.csv."""
     from evaluation.linear_probe import train_probe
-    from evaluation.train_loop import RunDir
     from model.device import resolve_device
 
     digest = hashlib.sha1(b"".join(np.ascontiguousarray(arrays[a]).tobytes() for a in ARRAYS)).hexdigest()[:16]
     probe = {k: v for k, v in dataclasses.asdict(cfg.probe).items() if k != "max_steps"}
     run = RunDir(out, {"task": cfg.task, "split": cfg.split, "probe": probe, "features": digest}, console)
-    num_classes = len(info.get("classes") or []) or int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
+    num_classes = len(classes) or int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) + 1
     summary, probs = train_probe(arrays["train_feats"], arrays["train_labels"], arrays["test_feats"],
                                  arrays["test_labels"], num_classes, cfg.probe, run, resolve_device(cfg.device))
     keys = arrays.get("test_keys", np.arange(len(probs)).astype(str)).tolist()
-    write_predictions(out / "predictions.csv", keys, arrays["test_labels"], probs, info.get("classes") or [])
+    write_predictions(out / "predictions.csv", keys, arrays["test_labels"], probs, classes)
     return summary
 
 
@@ -164,33 +187,21 @@ def write_predictions(path: Path, keys: list[str], labels: np.ndarray, probs: np
     write_csv(path, ["key", "class", "predicted", "probability", "correct"], rows)
 
 
-def run_finetune(cfg: ActionEvalConfig, ckpt: str | None, out: Path, console: Console) -> tuple[dict, dict]:
+def run_finetune(cfg: ActionEvalConfig, run: Prepared, out: Path, console: Console) -> tuple[dict, dict]:
     """Fine-tune the backbone on the split's train videos and test it; predictions.csv."""
-    from evaluation.action_data import ActionShards
-    from evaluation.backbones import build_backbone, file_digest
     from evaluation.clip_source import ShardClipSource
     from evaluation.finetune import finetune
-    from evaluation.train_loop import RunDir
-    from model.device import resolve_device
 
-    shards = ActionShards(cfg.shards)
-    if shards.dataset != cfg.dataset:
-        raise ValueError(f"{cfg.shards}: holds {shards.dataset}, the task is {cfg.task}")
-    device = resolve_device(cfg.device)
-    (train, absent_train), (test, absent_test) = shards.videos(cfg.split, "train"), shards.videos(cfg.split, "test")
-    backbone, name = build_backbone(cfg.backbone, ckpt, device)
     settings = {k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k not in ("max_steps", "test_batch_videos")}
-    signature = {"task": cfg.task, "split": cfg.split, "finetune": settings, "backbone": name,
-                 "checkpoint": file_digest(ckpt) if ckpt else "random-init", "shards": shards.identity}
+    signature = {"task": cfg.task, "finetune": settings, **run.identity}
     start = time.perf_counter()
-    summary, probs = finetune(backbone, train, test, len(shards.classes), ShardClipSource(cfg.finetune.clips, cfg.workers),
-                              cfg.finetune, RunDir(out, signature, console), device)
-    write_predictions(out / "predictions.csv", [v.key for v in test], np.array([v.label for v in test]), probs,
-                      shards.classes)
-    info = {"backbone": name, "device": str(device), "generated": shards.generated, "classes": shards.classes,
-            "absent": {"train": absent_train, "test": absent_test}, "videos": {"train": train, "test": test},
-            "train_s": time.perf_counter() - start}
-    return summary, info
+    classes = run.shards.classes
+    summary, probs = finetune(run.backbone, run.train, run.test, len(classes),
+                              ShardClipSource(cfg.finetune.clips, cfg.workers), cfg.finetune,
+                              RunDir(out, signature, console), run.device)
+    write_predictions(out / "predictions.csv", [v.key for v in run.test], np.array([v.label for v in run.test]),
+                      probs, classes)
+    return summary, {"train_s": time.perf_counter() - start}
 
 
 def evaluate(args: argparse.Namespace, console: Console | None = None) -> dict:
@@ -202,29 +213,31 @@ def evaluate(args: argparse.Namespace, console: Console | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    if cfg.protocol == "finetune":
-        metrics, info = run_finetune(cfg, args.ckpt, out, console)
+    record = {"task": cfg.task, "ckpt": args.ckpt, "features": args.features}
+    run, classes = None, []
+    if args.features:
+        arrays = load_features(args.features)
+        generated = bool(arrays["generated"]) if "generated" in arrays else None
+        backbone = "given features"
     else:
-        if args.features:
-            arrays = load_features(args.features)
-            info = {"backbone": "given features", "generated": bool(arrays["generated"]) if "generated" in arrays else None}
-        else:
-            arrays, info = shard_features(cfg, args.ckpt, console)
+        run = prepare(cfg, args.ckpt)
+        record.update(run.record())
+        classes, generated, backbone = run.shards.classes, run.shards.generated, run.identity["backbone"]
+    if cfg.protocol == "finetune":
+        metrics, extra = run_finetune(cfg, run, out, console)
+    else:
+        extra = {}
+        if run is not None:
+            arrays, extra = shard_features(cfg, run, console)
             np.savez(out / "features.npz", **arrays)
-        if cfg.protocol == "retrieval":
-            metrics = run_retrieval(cfg, arrays, info, out)
-        else:
-            metrics = run_probe(cfg, arrays, info, out, console)
-    data = data_label(cfg.dataset, info["generated"])
-    summary = {**metrics, "dataset": cfg.dataset, "split": cfg.split, "backbone": info["backbone"], "data": data}
+        metrics = (run_retrieval(cfg, arrays, classes, run, out) if cfg.protocol == "retrieval"
+                   else run_probe(cfg, arrays, classes, out, console))
+    data = data_label(cfg.dataset, generated)
+    summary = {**metrics, "dataset": cfg.dataset, "split": cfg.split, "backbone": backbone, "data": data}
     write_json(out / "summary.json", summary)
-    videos = {k: len(v) for k, v in info.get("videos", {}).items()}
-    write_json(out / "run.json", {"task": cfg.task, "ckpt": args.ckpt, "features": args.features, "videos": videos,
-                                  "absent": info.get("absent"), **{k: info[k] for k in ("device", "cache", "identity",
-                                  "features_s", "train_s") if k in info}, "config": config_to_dict(cfg)})
-    model = f"this run: {info['backbone']}"
+    write_json(out / "run.json", {**record, **extra, "config": config_to_dict(cfg)})
     pretraining = Path(args.ckpt).name if args.ckpt else ("–" if args.features else "random init")
-    print_result(cfg.dataset, cfg.protocol, cfg.split, metrics, model, pretraining, data, console)
+    print_result(cfg.dataset, cfg.protocol, cfg.split, metrics, f"this run: {backbone}", pretraining, data, console)
     return summary
 
 
