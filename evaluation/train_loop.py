@@ -22,8 +22,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from model.checkpoint import list_checkpoints, save_checkpoint
-
 
 @dataclass(frozen=True)
 class LoopSpec:
@@ -74,6 +72,9 @@ class RunDir:
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
         """Load the newest readable checkpoint into model and optimizer; a fresh state without one."""
+        # imported here, not at the top: model.checkpoint pulls in timm (seconds of start-up)
+        from model.checkpoint import list_checkpoints
+
         for path in reversed(list_checkpoints(self.ckpt_dir)):
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,6 +98,8 @@ class RunDir:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState, keep: int) -> None:
         """Atomically write a checkpoint at ``state.step``, keeping the newest ``keep``."""
+        from model.checkpoint import save_checkpoint
+
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
                          "rng": torch.get_rng_state(), "signature": self.signature}, self.ckpt_dir, state.step, keep)
 
