@@ -67,7 +67,7 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 @torch.inference_mode()
-def clip_logits_or_features(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
+def run_on_clips(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
                             device: torch.device, bf16: bool) -> torch.Tensor:
     """Run ``model`` on a clip batch on ``device``; float32 result on the CPU."""
     with _autocast(device, bf16):
@@ -87,7 +87,7 @@ def extract(backbone: nn.Module, source: ClipSource, videos: Sequence[Video], cf
         return backbone.forward_features(x)["pooled"]
 
     for b, (chunk, clips) in enumerate(source.test_batches(todo, cfg.batch_videos), start=1):
-        feats = clip_logits_or_features(pooled, clips, device, cfg.bf16)
+        feats = run_on_clips(pooled, clips, device, cfg.bf16)
         feats = feats.view(len(chunk), n, -1).mean(dim=1).numpy()
         for v, f in zip(chunk, feats):
             have[v.key] = f

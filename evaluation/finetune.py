@@ -22,7 +22,7 @@ from torch import nn
 
 from evaluation.action_config import FinetuneConfig
 from evaluation.action_data import Video
-from evaluation.action_features import clip_logits_or_features
+from evaluation.action_features import run_on_clips
 from evaluation.clip_source import ClipSource, steps_per_epoch
 from evaluation.linear_probe import topk_accuracy
 from evaluation.train_loop import LoopSpec, RunDir, fit
@@ -50,7 +50,7 @@ def video_probabilities(model: nn.Module, source: ClipSource, videos: Sequence[V
     model.eval()
     out = []
     for chunk, clips in source.test_batches(videos, batch_videos):
-        logits = clip_logits_or_features(model, clips, device, bf16)
+        logits = run_on_clips(model, clips, device, bf16)
         out.append(F.softmax(logits, dim=1).view(len(chunk), num_clips, -1).mean(dim=1))
     model.train(was_training)
     return torch.cat(out).numpy()

@@ -2,8 +2,9 @@
 a progress bar, and checkpoints from which a run resumes exactly.
 
 Exact resume: batches are a pure function of (seed, epoch, position) (see ``clip_source``), the
-torch RNG state is saved with the weights and the optimizer, and a run restarted after any
-checkpoint skips the batches already done, so its losses equal an uninterrupted run's.
+torch RNG states are saved with the weights and the optimizer, and a run restarted after any
+checkpoint skips the batches already done, so its losses equal an uninterrupted run's (on a GPU,
+up to its non-deterministic kernels).
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ class RunDir:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["rng"])
-            self._truncate(state.step)
+            if ckpt.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            self._truncate(state)
             self.console.print(f"resuming from {path.name} (step {state.step}, epoch {state.epoch})")
             return state
         self.metrics.unlink(missing_ok=True)
@@ -100,8 +103,10 @@ class RunDir:
         """Atomically write a checkpoint at ``state.step``, keeping the newest ``keep``."""
         from model.checkpoint import save_checkpoint
 
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": asdict(state),
-                         "rng": torch.get_rng_state(), "signature": self.signature}, self.ckpt_dir, state.step, keep)
+                         "rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "signature": self.signature},
+                        self.ckpt_dir, state.step, keep)
 
     def log(self, rec: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl."""
@@ -109,11 +114,14 @@ class RunDir:
         with open(self.metrics, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
 
-    def _truncate(self, step: int) -> None:
-        """Drop records logged after the checkpoint being resumed (they will be logged again)."""
+    def _truncate(self, state: LoopState) -> None:
+        """Drop records logged after the checkpoint being resumed (they will be logged again): later
+        steps, and an evaluation at its step when it was taken before the epoch ended."""
         if self.metrics.is_file():
             recs = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-            self.metrics.write_text("".join(json.dumps(r) + "\n" for r in recs if r["step"] <= step))
+            keep = [r for r in recs if r["step"] < state.step
+                    or (r["step"] == state.step and ("test_top1" not in r or state.batch == 0))]
+            self.metrics.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _progress(console: Console, title: str) -> Progress:

@@ -101,3 +101,31 @@ def test_normalise_layouts_agree() -> None:
     b = normalise(torch.from_numpy(clips).permute(0, 4, 1, 2, 3).contiguous(), channels_last=False)
     assert a.shape == (2, 3, 4, 6, 5) and torch.equal(a, b)
     assert float(a[0, 0, 0, 0, 0]) == pytest.approx((clips[0, 0, 0, 0, 0] / 255 - 0.485) / 0.229, abs=1e-5)
+
+
+def test_r3d18_checkpoint_loads_and_matches_torchvision(tmp_path: Path) -> None:
+    from torchvision.models.video import r3d_18
+
+    from evaluation.backbones import detect_backbone
+
+    torch.manual_seed(1)
+    ref = r3d_18(weights=None).eval()
+    path = tmp_path / "r3d.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    assert detect_backbone(path) == "r3d_18"
+    model, name = build_backbone("auto", str(path), CPU)
+    x = torch.randn(2, 3, 4, 32, 32)
+    ref.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        out = model.forward_features(x)
+        assert name == "r3d_18" and out["pooled"].shape == (2, 512) and out["map"].shape[:2] == (2, 512)
+        torch.testing.assert_close(out["pooled"], ref(x))
+    tiny = tmp_path / "tiny.pth"
+    torch.save(build_backbone("tiny3d", None, CPU)[0].state_dict(), tiny)
+    with pytest.raises(ValueError, match=r"tiny.pth: key/shape mismatch"):
+        build_backbone("r3d_18", str(tiny), CPU)
+    with pytest.raises(ValueError, match=r"tiny.pth: cannot tell which backbone"):
+        build_backbone("auto", str(tiny), CPU)
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.pth: not a readable torch checkpoint"):
+        build_backbone("tiny3d", str(tmp_path / "junk.pth"), CPU)
