@@ -126,6 +126,22 @@ def st_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (vol_a + vol_b - inter).clamp(min=1e-12)
 
 
+def region_targets(local_regions: Tensor, regions: Tensor, rank: int, world: int) -> Tensor:
+    """Soft targets ``[B * M, W * B * R]`` of the local clips over the gathered regions.
+
+    Row (b, m) holds ``st_iou(local m, region r) / sum_r st_iou`` at the columns of this rank's
+    video b (``(rank * B + b) * R + r``) and 0 elsewhere.
+    """
+    b, m = local_regions.shape[:2]
+    r = regions.shape[1]
+    iou = st_iou(local_regions, regions)  # [B, M, R]
+    iou = iou / iou.sum(-1, keepdim=True).clamp(min=1e-12)
+    target = iou.new_zeros(b, m, world * b, r)
+    videos = torch.arange(b, device=iou.device)
+    target[videos, :, rank * b + videos] = iou
+    return target.view(b * m, world * b * r)
+
+
 def roi_pool_3d(fmap: Tensor, regions: Tensor, out: int) -> Tensor:
     """Average of ``fmap [B, C, t, h, w]`` over each region ``[B, R, 6]`` -> ``[B, R, C]``.
 
@@ -139,8 +155,8 @@ def roi_pool_3d(fmap: Tensor, regions: Tensor, out: int) -> Tensor:
     wt = (torch.minimum(edges[1:], t1) - torch.maximum(edges[:-1], t0)).clamp(min=0)  # [B, R, t]
     wt = wt / wt.sum(-1, keepdim=True).clamp(min=1e-6)
     maps = torch.einsum("bcthw,brt->brchw", fmap, wt.to(fmap.dtype)).reshape(b * r, c, h, w)
-    scale = torch.tensor([w, h, w, h], device=fmap.device, dtype=regions.dtype)
-    boxes = regions[..., 2:].reshape(b * r, 4) * scale
+    xyxy = regions[..., 2:].reshape(b * r, 4)
+    boxes = torch.stack([xyxy[:, 0] * w, xyxy[:, 1] * h, xyxy[:, 2] * w, xyxy[:, 3] * h], 1)
     idx = torch.arange(b * r, device=fmap.device, dtype=boxes.dtype)[:, None]
     pooled = roi_align(maps, torch.cat([idx, boxes], 1).to(maps.dtype), out, aligned=True)
     return pooled.mean(dim=(2, 3)).view(b, r, c)
@@ -191,24 +207,17 @@ class LocalGlobalStudent(nn.Module):
 
     def region_loss(self, q: Tensor, fmap: Tensor, local_regions: Tensor) -> Tensor:
         """Soft region contrast: targets = st-IoU of each local window with its video's regions."""
-        b, m = local_regions.shape[:2]
+        b = local_regions.shape[0]
         regions = torch.cat([local_regions, self.grid.expand(b, -1, -1)], 1)  # [B, R, 6]
         r = regions.shape[1]
         pooled = roi_pool_3d(fmap, regions, self.cfg.roi_size).reshape(b * r, -1)
         keys = gather_with_grad(F.normalize(self.region_proj(pooled).float(), dim=-1))
-        iou = st_iou(local_regions, regions)  # [B, M, R]
-        iou = iou / iou.sum(-1, keepdim=True).clamp(min=1e-12)
-        rank, _ = rank_and_world()
-        target = q.new_zeros(b, m, keys.shape[0] // r, r)
-        target[torch.arange(b, device=q.device), :, rank * b + torch.arange(b, device=q.device)] = iou
-        return contrastive_ce(q, keys, target.view(b * m, -1), self.cfg.tau)
+        rank, world = rank_and_world()
+        return contrastive_ce(q, keys, region_targets(local_regions, regions, rank, world), self.cfg.tau)
 
     def mi_loss(self, early_local: Tensor, early_global: Tensor) -> Tensor:
         """Discriminator BCE on (local, global) early-feature pairs: own video = 1, next video = 0."""
-        b = early_global.shape[0]
-        if b < 2:
-            raise ValueError("localglobal: the MI term needs >= 2 videos per rank (or mi_weight 0)")
-        m = self.cfg.num_local
+        b, m = early_global.shape[0], self.cfg.num_local
         el = grad_reverse(early_local.mean(dim=(2, 3, 4)), self.cfg.grl_lambda)  # [B*M, C1]
         eg = grad_reverse(early_global.mean(dim=(2, 3, 4)), self.cfg.grl_lambda)  # [B, C1]
         own = eg.repeat_interleave(m, 0)
@@ -231,6 +240,8 @@ class LocalGlobalStudent(nn.Module):
         if loc.dim() != 6 or loc.shape[1] != cfg.num_local:
             raise ValueError(f"localglobal: batch['local'] must be [B, {cfg.num_local}, 3, F, H, W], "
                              f"got {tuple(loc.shape)}")
+        if glob.shape[0] < 2:
+            raise ValueError("localglobal: needs >= 2 videos per rank (BN heads, MI negatives from another video)")
         dev = glob.device
         g = self.backbone.forward_features(glob)
         lf = self.backbone.forward_features(loc.flatten(0, 1))
