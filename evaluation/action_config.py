@@ -113,7 +113,7 @@ class ActionEvalConfig:
     split: Literal[1, 2, 3] = 1  # official split (the papers report split 1)
     out: str = "out/eval/action"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    backbone: str = "auto"  # auto (from the checkpoint) | tcore_vit | r3d_18 | tiny3d
+    backbone: str = "auto"  # auto (from the checkpoint) | tcore_vit | a model/video3d.py arch (r3d18, tiny, ...)
     workers: int = 2  # JPEG decoding threads of the clip source
     features: FeatureConfig = field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)

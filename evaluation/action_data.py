@@ -2,7 +2,7 @@
 
 The shards come from ``make shards DATA=ucf101|hmdb51`` (see shards/action_sources.py): every video
 once in the shard split ``videos``, the roles per official split in ``split_roles.parquet`` and
-the dataset, classes and "generated" flag in ``action.json``. Frame indices here are positions
+the dataset, classes and, for generated data, what generated it in ``action.json``. Frame indices here are positions
 in the stored frames (the source rate when sharded with FPS=0).
 """
 
@@ -57,8 +57,9 @@ class ActionShards:
         return self.meta["classes"]
 
     @property
-    def generated(self) -> bool:
-        return bool(self.meta.get("generated"))
+    def generated(self) -> str | None:
+        """What generated the collection (None for real data)."""
+        return self.meta.get("generated") or None
 
     def videos(self, split: int, role: str) -> tuple[list[Video], list[str]]:
         """The sharded videos playing ``role`` in official ``split`` (sorted by key), and the keys

@@ -1,8 +1,9 @@
 """The printed result of an action-recognition run, beside the papers' numbers for the same protocol.
 
-Every row names the model, its pre-training, the data and the official split. A run on the
-generated collections is labelled "generated data: not comparable"; scores of features given
-in a file say so, since their provenance is unknown here.
+Every row names the model, its pre-training, the data and the official split. On generated data
+(``generated`` = what made it) the published rows are left out and the title says so: they were
+measured on the real datasets. Scores of a features file that does not say where it comes from
+are printed as "given features: provenance unknown".
 """
 
 from __future__ import annotations
@@ -41,44 +42,48 @@ REFERENCES = (
 )
 
 
-def data_label(dataset: str, generated: bool | None) -> str:
-    """How the data of this run is named in the table."""
+def data_label(dataset: str, generated: str | None, known: bool = True) -> str:
+    """How the data of this run is named (the table's data column and summary.json's ``data``)."""
     name = DATA_NAMES.get(dataset, dataset)
-    if generated is None:
+    if not known:
         return f"{name}? (given features: provenance unknown)"
-    return f"{name}-layout generated data: not comparable" if generated else name
+    return f"{name}-layout GENERATED data: not comparable" if generated else name
 
 
 def result_table(dataset: str, protocol: str, split: int, summary: dict[str, float], model: str,
-                 pretraining: str, data: str) -> Table:
-    """This run's metrics (percent) under the published rows for the same dataset and protocol."""
+                 pretraining: str, data: str, generated: str | None = None) -> Table:
+    """This run's metrics (percent) under the published rows for the same dataset and protocol
+    (none on generated data)."""
     titles = {"retrieval": "nearest-neighbour retrieval (test queries, train gallery)",
               "linear": "linear probe on frozen features, top-1 / top-5",
               "finetune": "fine-tuning, 10-clip test, top-1 / top-5"}
-    table = Table(title=f"{DATA_NAMES.get(dataset, dataset)}: {titles[protocol]}")
+    title = f"{DATA_NAMES.get(dataset, dataset)}: {titles[protocol]}"
+    if generated:
+        title += f"\non GENERATED data ({generated}); not comparable to published numbers"
+    table = Table(title=title)
     for col in ("model", "pre-training", "data", "split"):
         table.add_column(col)
     cols = COLUMNS[protocol]
     for col in cols:
         table.add_column(col, justify="right")
-    refs = [r for r in REFERENCES if r.dataset == dataset and r.protocol == protocol]
+    refs = [] if generated else [r for r in REFERENCES if r.dataset == dataset and r.protocol == protocol]
     for r in refs:
         table.add_row(r.model, r.pretraining, DATA_NAMES[dataset], "1",
                       *[f"{r.metrics[c]:.1f}" if c in r.metrics else "–" for c in cols])
     mine = [f"{100 * summary[c]:.1f}" if summary.get(c) is not None else "–" for c in cols]
     table.add_row(f"[bold]{model}[/bold]", pretraining, data, str(split), *mine)
-    if not refs:
+    if not refs and not generated:
         table.caption = "no published figure for this dataset and protocol among the reference methods"
-    elif split != 1:
+    elif refs and split != 1:
         table.caption = "the published figures are for split 1"
     return table
 
 
 def print_result(dataset: str, protocol: str, split: int, summary: dict[str, float], model: str,
-                 pretraining: str, data: str, console: Console | None = None) -> None:
+                 pretraining: str, data: str, generated: str | None = None, console: Console | None = None) -> None:
     """Print the comparison table and every summary value."""
     console = console or Console()
-    console.print(result_table(dataset, protocol, split, summary, model, pretraining, data))
+    console.print(result_table(dataset, protocol, split, summary, model, pretraining, data, generated))
     details = Table(title="details")
     details.add_column("key")
     details.add_column("value", justify="right")

@@ -14,7 +14,8 @@ shard split named ``videos``, and the roles are a table written next to the shar
 (``train``, ``test`` or ``unused``), label, label_id, source. A video listed twice for the same
 split (in two lists, or twice in one) is an error naming both lines; a video that a split does
 not list is ``unused`` in it. ``OUT/action.json`` names the dataset, its classes in id order,
-the role counts and whether the collection is generated (a ``GENERATED`` file in ROOT).
+the role counts and, for a generated collection, what generated it (the text of its
+``GENERATED.txt`` marker, see ``evaluation.datasets.mark_generated``).
 
 Class ids are 0-based: UCF101's classInd.txt id minus one (classInd is not in Python sort
 order: JumpingJack comes before JumpRope); HMDB51's sorted class names (those of the split files,
@@ -34,7 +35,6 @@ SHARD_SPLIT = "videos"
 OFFICIAL_SPLITS = (1, 2, 3)
 ROLES = ("train", "test", "unused")
 ACTION_DATA = ("ucf101", "hmdb51")
-GENERATED_MARKER = "GENERATED"
 _HMDB_FILE = re.compile(r"^(.+)_test_split(\d)\.txt$")
 _HMDB_ROLE = {"1": "train", "2": "test", "0": "unused"}
 
@@ -58,7 +58,7 @@ class ActionCollection:
     classes: list[str]  # in id order
     sources: SplitSources
     roles: list[dict] = field(default_factory=list)  # split, key, role, label, label_id, source
-    generated: bool = False
+    generated: str | None = None  # what generated the collection (None: real data)
 
     def summary(self) -> dict:
         """The content of ``OUT/action.json``."""
@@ -201,8 +201,9 @@ def collect(dataset: str, video_dir: Path, root: Path, classes: list[str], listi
                           "label": label_of[rel], "label_id": ids[label_of[rel]],
                           "source": clips[key].source})
     roles.sort(key=lambda r: (r["split"], r["key"]))
-    generated = (root / GENERATED_MARKER).is_file()
-    return ActionCollection(dataset, list(classes), src, roles, generated)
+    from evaluation.datasets import generated_note  # the benchmarks' one marker convention
+
+    return ActionCollection(dataset, list(classes), src, roles, generated_note(root))
 
 
 def discover_action(dataset: str, root: str, limit: int = 0) -> ActionCollection:

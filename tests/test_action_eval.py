@@ -21,7 +21,8 @@ from evaluation.train_loop import RunDir
 from tools.eval_action import main
 
 CPU = torch.device("cpu")
-SMALL_CLIPS = ["features.clips.num_clips=2", "features.clips.clip_len=8", "features.batch_videos=8"]
+SMALL_CLIPS = ["features.clips.num_clips=2", "features.clips.clip_len=8", "features.batch_videos=8",
+               "features.clips.resize=[72,96]", "features.clips.crop=64"]  # small clips: CPU tests
 
 
 def test_uniform_and_random_clip_indices() -> None:
@@ -122,23 +123,23 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_cli_retrieval_on_shards_then_rescore_features(action_shards, tmp_path: Path, capsys) -> None:
     out, cache = tmp_path / "ret", tmp_path / "cache"
-    args = ["--task", "ucf101-retrieval", "--shards", str(action_shards["ucf101"]), "--backbone", "tiny3d",
+    args = ["--task", "ucf101-retrieval", "--shards", str(action_shards["ucf101"]), "--backbone", "tiny",
             "--out", str(out), "--device", "cpu", f"features.cache_dir={cache}", *SMALL_CLIPS]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [k for k in summary if k.startswith("R@")] == ["R@1", "R@5", "R@10", "R@20", "R@50"]
     assert all(0 <= summary[f"R@{k}"] <= 1 for k in (1, 5, 10, 20, 50)) and summary["R@50"] == 1.0
-    assert (summary["dataset"], summary["split"], summary["backbone"]) == ("ucf101", 1, "tiny3d")
-    assert "generated data: not comparable" in summary["data"]
-    printed = capsys.readouterr().out
-    assert "46.7" in printed and "not comparable" in printed and "DualVar" in printed
+    assert (summary["dataset"], summary["split"], summary["backbone"]) == ("ucf101", 1, "tiny")
+    assert summary["data"] == "UCF101-layout GENERATED data: not comparable"
+    printed = capsys.readouterr().out  # generated data: no published rows beside it
+    assert "GENERATED data (evaluation.action_synthetic" in printed and "46.7" not in printed
     rows = read_csv(out / "neighbours.csv")
     assert len(rows) == 10 * 20  # 10 test queries x the 20 train videos (the rejected one is absent)
     assert (out / "neighbours.png").stat().st_size > 1000
     run = json.loads((out / "run.json").read_text())
     assert run["absent"] == {"train": ["v_Biking_g90_c01"], "test": []} and run["videos"] == {"train": 20, "test": 10}
     features = np.load(out / "features.npz")
-    assert features["train_feats"].shape == (20, 32) and features["test_feats"].shape == (10, 32)
+    assert features["train_feats"].shape == (20, 64) and features["test_feats"].shape == (10, 64)
     # cached: a second run extracts nothing new and gives the same features
     assert len(list(cache.glob("*.npz"))) == 1
     assert main([*args[:7], str(tmp_path / "again"), *args[8:]]) == 0
@@ -148,7 +149,29 @@ def test_cli_retrieval_on_shards_then_rescore_features(action_shards, tmp_path: 
                  "--out", str(tmp_path / "score")]) == 0
     rescored = json.loads((tmp_path / "score" / "summary.json").read_text())
     assert {k: rescored[k] for k in rescored if k.startswith("R@")} == {k: summary[k] for k in summary if k.startswith("R@")}
-    assert "not comparable" in rescored["data"]
+    assert rescored["data"] == summary["data"]
+
+
+def test_table_beside_published_rows() -> None:
+    from rich.console import Console
+
+    from evaluation.action_report import data_label, result_table
+
+    def text(table) -> str:
+        console = Console(width=200, record=True)
+        console.print(table)
+        return console.export_text()
+
+    real = text(result_table("ucf101", "retrieval", 2, {f"R@{k}": 0.5 for k in (1, 5, 10, 20, 50)},
+                             "this run: r3d18", "ckpt.pth", data_label("ucf101", None)))
+    assert "46.7" in real and "87.8" in real and "figures are for split 1" in real and "50.0" in real
+    fine = text(result_table("hmdb51", "finetune", 1, {"top1": 0.3, "top5": 0.6}, "this run", "x", "HMDB51"))
+    assert "51.2" in fine and "34.4" in fine and "82.0" not in fine and "30.0" in fine
+    gen = text(result_table("hmdb51", "finetune", 1, {"top1": 0.3}, "this run", "x",
+                            data_label("hmdb51", "made here"), generated="made here"))
+    assert "51.2" not in gen and "GENERATED data (made here)" in gen and "not comparable" in gen
+    given = text(result_table("ucf101", "linear", 1, {"top1": 0.3}, "this run", "–", data_label("ucf101", None, False)))
+    assert "provenance unknown" in given and "no published figure" in given
 
 
 def test_cli_features_mode_errors(tmp_path: Path, capsys) -> None:

@@ -15,12 +15,12 @@ from evaluation.action_config import ClipConfig, FinetuneConfig
 from evaluation.action_data import ActionShards, random_clip
 from evaluation.backbones import build_backbone
 from evaluation.clip_source import ShardClipSource, normalise
-from evaluation.finetune import Classifier, finetune, video_probabilities
+from evaluation.finetune import finetune
 from evaluation.train_loop import RunDir
 from tools.eval_action import main
 
 CPU = torch.device("cpu")
-SHORT = ClipConfig(clip_len=8, stride=2, num_clips=2)
+SHORT = ClipConfig(clip_len=8, stride=2, num_clips=2, resize=(72, 96), crop=64)  # small: CPU tests
 
 
 def test_train_clips_deterministic_and_cut_as_stated(action_shards) -> None:
@@ -29,7 +29,7 @@ def test_train_clips_deterministic_and_cut_as_stated(action_shards) -> None:
     a = list(src.train_batches(videos, 4, epoch=3, seed=5))
     b = list(src.train_batches(videos, 4, epoch=3, seed=5, skip=2))
     assert len(a) == 5 and len(b) == 3  # 20 videos, batch 4
-    assert a[0][0].shape == (4, 3, 8, 112, 112) and a[0][0].dtype == torch.float32
+    assert a[0][0].shape == (4, 3, 8, 64, 64) and a[0][0].dtype == torch.float32
     for (xa, ya), (xb, yb) in zip(a[2:], b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     other = next(iter(src.train_batches(videos, 4, epoch=4, seed=5)))
@@ -50,32 +50,26 @@ def test_train_clips_deterministic_and_cut_as_stated(action_shards) -> None:
 
 
 def test_finetuning_lowers_the_loss(action_shards, tmp_path: Path) -> None:
-    shards = ActionShards(action_shards["hmdb51"])
-    train, _ = shards.videos(1, "train")
-    src = ShardClipSource(dataclasses.replace(SHORT, jitter_p=0.0))
-    labels = torch.tensor([v.label for v in train])
-
-    def loss(probs: np.ndarray) -> float:
-        return float(torch.nn.functional.nll_loss(torch.from_numpy(probs).clamp_min(1e-8).log(), labels))
-
-    backbone, _ = build_backbone("tiny3d", None, CPU)
-    torch.manual_seed(0)
-    before = loss(video_probabilities(Classifier(backbone, 5), src, train, 8, 2, CPU))
-    cfg = FinetuneConfig(clips=dataclasses.replace(SHORT, jitter_p=0.0), batch_size=4, epochs=5, milestones=(),
-                         lr=0.05, test_batch_videos=8)
-    summary, probs = finetune(backbone, train, train, 5, src, cfg, RunDir(tmp_path, {}), CPU)
-    assert summary["complete"] and summary["steps"] == 5 * (len(train) // 4)
-    assert before > 1.5  # ~ log(5): the fresh linear layer is near uniform
-    assert loss(probs) < before - 0.15, (before, loss(probs))  # measured: 1.61 -> 1.33
+    train, _ = ActionShards(action_shards["hmdb51"]).videos(1, "train")
+    clips = dataclasses.replace(SHORT, flip=False, jitter_p=0.0)
+    backbone, _ = build_backbone("tiny", None, CPU)
+    cfg = FinetuneConfig(clips=clips, batch_size=len(train), epochs=10, milestones=(), lr=0.05, test_batch_videos=8)
+    summary, probs = finetune(backbone, train, train[:5], 5, ShardClipSource(clips), cfg, RunDir(tmp_path, {}), CPU)
+    assert summary["complete"] and summary["steps"] == 10 and probs.shape == (5, 5)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[0] == pytest.approx(np.log(5), abs=0.05)  # the fresh linear layer is near uniform
+    # full-batch steps on the 15 training videos (random clips): measured 1.59 -> 1.06
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
 
 
 def test_cli_finetune_resumes_exactly(action_shards, tmp_path: Path, capsys) -> None:
-    common = ["--task", "ucf101-finetune", "--shards", str(action_shards["ucf101"]), "--backbone", "tiny3d",
+    common = ["--task", "ucf101-finetune", "--shards", str(action_shards["ucf101"]), "--backbone", "tiny",
               "--device", "cpu", "finetune.batch_size=4", "finetune.epochs=2", "finetune.milestones=[1]",
-              "finetune.clips.clip_len=8", "finetune.clips.num_clips=2", "finetune.checkpoint_every=2"]
+              "finetune.clips.clip_len=8", "finetune.clips.num_clips=2", "finetune.checkpoint_every=2",
+              "finetune.clips.resize=[72,96]", "finetune.clips.crop=64"]
     assert main([*common, "--out", str(tmp_path / "whole")]) == 0
     printed = capsys.readouterr().out
-    assert "82.0" in printed and "70.5" in printed and "not comparable" in printed
+    assert "GENERATED data" in printed and "82.0" not in printed
     assert main([*common, "--out", str(tmp_path / "cut"), "finetune.max_steps=3"]) == 0
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert cut["steps"] == 3 and not cut["complete"]
@@ -84,7 +78,7 @@ def test_cli_finetune_resumes_exactly(action_shards, tmp_path: Path, capsys) -> 
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     again = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert whole == again and whole["complete"] and whole["steps"] == 10
-    assert 0 <= whole["top1"] <= whole["top5"] <= 1 and whole["backbone"] == "tiny3d"
+    assert 0 <= whole["top1"] <= whole["top5"] <= 1 and whole["backbone"] == "tiny"
 
     def losses(run: str) -> list[tuple]:
         recs = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
@@ -107,25 +101,34 @@ def test_r3d18_checkpoint_loads_and_matches_torchvision(tmp_path: Path) -> None:
     from torchvision.models.video import r3d_18
 
     from evaluation.backbones import detect_backbone
+    from model.video3d import export_layout, tiny
 
     torch.manual_seed(1)
     ref = r3d_18(weights=None).eval()
     path = tmp_path / "r3d.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
-    assert detect_backbone(path) == "r3d_18"
+    assert detect_backbone(path) == "r3d18"
     model, name = build_backbone("auto", str(path), CPU)
     x = torch.randn(2, 3, 4, 32, 32)
     ref.fc = torch.nn.Identity()
     with torch.inference_mode():
         out = model.forward_features(x)
-        assert name == "r3d_18" and out["pooled"].shape == (2, 512) and out["map"].shape[:2] == (2, 512)
+        assert name == "r3d18" and out["pooled"].shape == (2, 512) and out["map"].shape[:2] == (2, 512)
         torch.testing.assert_close(out["pooled"], ref(x))
-    tiny = tmp_path / "tiny.pth"
-    torch.save(build_backbone("tiny3d", None, CPU)[0].state_dict(), tiny)
-    with pytest.raises(ValueError, match=r"tiny.pth: key/shape mismatch"):
-        build_backbone("r3d_18", str(tiny), CPU)
-    with pytest.raises(ValueError, match=r"tiny.pth: cannot tell which backbone"):
-        build_backbone("auto", str(tiny), CPU)
+    # a clip method's export names its arch; its weights load
+    torch.manual_seed(2)
+    net = tiny()
+    export = tmp_path / "export.pth"
+    torch.save(export_layout(net, "dualvar"), export)
+    loaded, name = build_backbone("auto", str(export), CPU)
+    assert name == "tiny" and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                                     net.state_dict().values()))
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("conv5")}, partial)
+    with pytest.raises(ValueError, match=r"partial.pth: key/shape mismatch: missing: conv5"):
+        build_backbone("tiny", str(partial), CPU)
+    with pytest.raises(ValueError, match=r"partial.pth: cannot tell which backbone"):
+        build_backbone("auto", str(partial), CPU)
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"junk.pth: not a readable torch checkpoint"):
-        build_backbone("tiny3d", str(tmp_path / "junk.pth"), CPU)
+        build_backbone("tiny", str(tmp_path / "junk.pth"), CPU)

@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS))
     p.add_argument("--shards", help="shards of make shards DATA=ucf101|hmdb51")
-    p.add_argument("--ckpt", help="backbone checkpoint (a T-CoRe teacher, or an R3D-18 / tiny3d state dict)")
-    p.add_argument("--backbone", help="auto (from the checkpoint), tcore_vit, r3d_18, tiny3d")
+    p.add_argument("--ckpt", help="backbone checkpoint: a T-CoRe teacher, a clip method's export, or a 3D CNN state dict")
+    p.add_argument("--backbone", help="auto (from the checkpoint), tcore_vit, r3d18, r21d18, s3d, r21d_vcop, tiny")
     p.add_argument("--features", help="score these features instead (npz: " + ", ".join(ARRAYS) + ")")
     p.add_argument("--out", help="output directory (default out/eval/<task>)")
     p.add_argument("--device", help="auto (cuda if usable), cpu, cuda, cuda:N")
@@ -142,7 +142,7 @@ def shard_features(cfg: ActionEvalConfig, run: Prepared, console: Console) -> tu
     arrays = {"train_feats": feats[0], "train_labels": np.array([v.label for v in run.train]),
               "test_feats": feats[1], "test_labels": np.array([v.label for v in run.test]),
               "train_keys": np.array([v.key for v in run.train]), "test_keys": np.array([v.key for v in run.test]),
-              "generated": np.array(run.shards.generated)}
+              "generated": np.array(run.shards.generated or "")}
     return arrays, {"cache": str(cache) if cache else None, "features_s": time.perf_counter() - start}
 
 
@@ -214,15 +214,17 @@ def evaluate(args: argparse.Namespace, console: Console | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     record = {"task": cfg.task, "ckpt": args.ckpt, "features": args.features}
-    run, classes = None, []
+    run, classes, known = None, [], True
     if args.features:
         arrays = load_features(args.features)
-        generated = bool(arrays["generated"]) if "generated" in arrays else None
+        known = "generated" in arrays  # our features files say whether their data was generated
+        generated = str(arrays["generated"]) if known else None
         backbone = "given features"
     else:
         run = prepare(cfg, args.ckpt)
         record.update(run.record())
         classes, generated, backbone = run.shards.classes, run.shards.generated, run.identity["backbone"]
+    generated = generated or None
     if cfg.protocol == "finetune":
         metrics, extra = run_finetune(cfg, run, out, console)
     else:
@@ -232,12 +234,13 @@ def evaluate(args: argparse.Namespace, console: Console | None = None) -> dict:
             np.savez(out / "features.npz", **arrays)
         metrics = (run_retrieval(cfg, arrays, classes, run, out) if cfg.protocol == "retrieval"
                    else run_probe(cfg, arrays, classes, out, console))
-    data = data_label(cfg.dataset, generated)
+    data = data_label(cfg.dataset, generated, known)
     summary = {**metrics, "dataset": cfg.dataset, "split": cfg.split, "backbone": backbone, "data": data}
     write_json(out / "summary.json", summary)
-    write_json(out / "run.json", {**record, **extra, "config": config_to_dict(cfg)})
+    write_json(out / "run.json", {**record, **extra, "generated_data": generated, "config": config_to_dict(cfg)})
     pretraining = Path(args.ckpt).name if args.ckpt else ("–" if args.features else "random init")
-    print_result(cfg.dataset, cfg.protocol, cfg.split, metrics, f"this run: {backbone}", pretraining, data, console)
+    print_result(cfg.dataset, cfg.protocol, cfg.split, metrics, f"this run: {backbone}", pretraining, data,
+                 generated, console)
     return summary
 
 
