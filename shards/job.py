@@ -13,6 +13,7 @@ import io
 import json
 import math
 import statistics
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -82,14 +83,16 @@ def write_file(output: Output, rel: str, data: bytes) -> None:
 
 def load_or_make_plan(cfg: ShardsConfig, output: Output, splits: list[SplitSources],
                       settings: EncodeSettings) -> dict:
-    """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one."""
+    """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one. An OUT
+    planned for an older format keeps its plan, and every shard is rewritten in this format."""
     out = output.display()
     saved = output.read_bytes("plan.json")
     if saved is not None:
         plan = json.loads(saved)
-        if plan.get("format_version", 1) != FORMAT_VERSION:
-            raise ValueError(f"OUT {out} holds shard format v{plan.get('format_version', 1)} and this sharder writes "
-                             f"v{FORMAT_VERSION}; use a new OUT, or finish it with the version that started it")
+        version = plan.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"OUT {out} holds shard format v{version}, newer than this sharder's "
+                             f"v{FORMAT_VERSION}; use a new OUT or the newer sharder")
         if plan.get("settings") != cfg.output_settings():
             raise ValueError(
                 f"OUT {out} was written with other settings ({plan.get('settings')}); use a new OUT or remove it"
@@ -98,6 +101,11 @@ def load_or_make_plan(cfg: ShardsConfig, output: Output, splits: list[SplitSourc
             planned = [k for shard in plan["splits"].get(src.split, []) for k in shard["keys"]]
             if planned != [c.key for c in src.clips]:
                 raise ValueError(f"OUT {out}: the clips of split '{src.split}' changed since it was planned; use a new OUT")
+        if version < FORMAT_VERSION:
+            print(f"note: OUT {out} holds format v{version} shards: rewriting every shard as format v{FORMAT_VERSION} "
+                  "(its dataset card is replaced when the job ends)", file=sys.stderr)
+            plan = {"format_version": FORMAT_VERSION, **{k: v for k, v in plan.items() if k != "format_version"}}
+            write_file(output, "plan.json", json.dumps(plan, indent=1).encode())
         return plan
     plan = make_plan(cfg, splits, settings)
     write_file(output, "plan.json", json.dumps(plan, indent=1).encode())

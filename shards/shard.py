@@ -165,5 +165,7 @@ def shard_is_finished(output: Output, split: str, name: str,
         stats = json.loads(output.read_bytes(f"{split}/{name}.stats.json") or b"")
     except (OSError, ValueError):
         return None
+    if stats.get("samples") and "tar_sha256" not in stats:
+        return None  # written in format v1: redone in this format
     whole = sizes.get(f"{name}.tar") == stats.get("tar_bytes") and f"{name}.idx" in sizes
     return stats if whole or not stats.get("samples") else None

@@ -30,6 +30,7 @@ from shards.integrity import (
     frame_crc,
 )
 from shards.tario import BLOCK, read_index
+from tests.faults.common import TWO_PER_SHARD, output_files, shard_locally
 from tests.faults.corrupt import (
     copy_set,
     disagreeing_index,
@@ -196,3 +197,19 @@ def test_format_v1_is_read_decoded_and_said_once(copy: Path, capsys) -> None:
     truncate_in(copy, "train", 0, 3)
     code, rows = verify(copy, "--quick")
     assert code == 1 and spots(rows) == {("train-000000.tar", None, None)}
+
+
+
+def test_rerunning_the_sharder_on_a_v1_output_rewrites_it_as_v2(sample_root: Path, tmp_path: Path, capsys,
+                                                                val_test_reference: dict[str, bytes]) -> None:
+    out = downgrade_to_v1(shard_locally(sample_root, tmp_path / "out", TWO_PER_SHARD))
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["format_version"]  # how the v1 sharder left it
+    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    for stats in out.glob("*/*.stats.json"):
+        kept = {k: v for k, v in json.loads(stats.read_text()).items() if k not in ("tar_sha256", "index_sha256")}
+        stats.write_text(json.dumps(kept, indent=1))
+    capsys.readouterr()
+    shard_locally(sample_root, out, TWO_PER_SHARD)
+    assert "holds format v1 shards: rewriting every shard as format v2" in capsys.readouterr().err
+    assert output_files(out) == val_test_reference  # as if it had been written as v2 from the start
