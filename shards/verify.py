@@ -18,6 +18,7 @@ sample, an empty key the whole shard. Reasons are the constants of shards/integr
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
 import tarfile
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from shards.integrity import (
 from shards.storage import Output
 from shards.tario import parse_index
 
+DETAIL_CHARS = 400  # a row's detail stops growing past this
+
 
 @dataclass(frozen=True)
 class ShardJob:
@@ -63,15 +66,17 @@ class ShardResult:
     bytes: int = 0
     keys: set[str] = field(default_factory=set)  # sample keys the tar or its index named
     problems: list[dict[str, Any]] = field(default_factory=list)
-    _seen: set[tuple] = field(default_factory=set)
+    _rows: dict[tuple, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, job: ShardJob, key: str | None, frame: int | None, reason: str, detail: str) -> None:
-        """Record a problem, once per (key, frame, reason)."""
-        if (key, frame, reason) in self._seen:
-            return
-        self._seen.add((key, frame, reason))
-        self.problems.append({"split": job.split, "shard": job.shard["tar"], "key": key, "frame": frame,
-                              "reason": reason, "detail": detail})
+        """Record a problem: one row per (key, frame, reason), later details appended to it."""
+        row = self._rows.get((key, frame, reason))
+        if row is None:
+            row = self._rows[key, frame, reason] = {"split": job.split, "shard": job.shard["tar"], "key": key,
+                                                     "frame": frame, "reason": reason, "detail": detail}
+            self.problems.append(row)
+        elif detail not in row["detail"] and len(row["detail"]) < DETAIL_CHARS:
+            row["detail"] += f"; {detail}"
 
 
 def check_sample(job: ShardJob, result: ShardResult, key: str, parts: dict[str, bytes]) -> None:
@@ -97,8 +102,6 @@ def check_sample(job: ShardJob, result: ShardResult, key: str, parts: dict[str, 
 
 
 def _check_json(job: ShardJob, result: ShardResult, key: str, data: bytes, row: dict, frames: int) -> None:
-    import json
-
     try:
         meta = json.loads(data)
     except ValueError as exc:
@@ -254,7 +257,9 @@ def sizes_only(jobs: list[ShardJob]) -> list[ShardResult]:
     listings: dict[str, dict[str, int]] = {}
     results = []
     for job in jobs:
-        sizes = listings.setdefault(job.split, job.output.sizes(job.split))
+        if job.split not in listings:
+            listings[job.split] = job.output.sizes(job.split)
+        sizes = listings[job.split]
         result = ShardResult()
         if job.shard["tar"] not in sizes:
             result.add(job, None, None, MISSING, "the tar is missing")
