@@ -2,12 +2,14 @@
 
 Format v2 (see README "Shard format (v2)") adds, per sample, a ``<key>.crc`` member written
 right after ``<key>.offsets``: N little-endian uint32, frame *i*'s CRC-32 (zlib's, the IEEE
-polynomial) of ``mjpeg[off[i]:off[i+1]]``. Each shard's SHA-256 (of the whole tar file) is in
-its ``.stats.json`` (``tar_sha256``) and in the dataset card's shard list (``sha256``).
+polynomial) of ``mjpeg[off[i]:off[i+1]]``. Each shard's SHA-256 (of the whole tar file, and of
+its index) is in its ``.stats.json`` (``tar_sha256``, ``index_sha256``) and in the dataset
+card's shard list (``sha256``, ``index_sha256``).
 
-Readers use :func:`check_frame` on bytes they fetched (cheap: ~4 GB/s), :func:`decode_error` to
-decode a frame with libjpeg-turbo and catch its warnings, and :class:`HashingReader` /
-:class:`HashingWriter` to hash a tar while it streams through.
+A range reader gets a sample's offsets and checksums with one :func:`read_tables` and checks
+each frame it fetched with :func:`check_frame` (cheap: ~4 GB/s); :func:`decode_error`
+decodes a frame with libjpeg-turbo and catches its warnings; :class:`HashingReader` /
+:class:`HashingWriter` hash a tar while it streams through.
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ def crc_table(data: bytes, num_frames: int) -> np.ndarray:
     if len(data) != 4 * num_frames:
         raise ValueError(f"{len(data)} bytes, expected 4 x {num_frames} frames")
     return np.frombuffer(data, dtype=CRC_DTYPE)
+
+
+def read_tables(fd: int, offsets_offset: int, crc_offset: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A v2 sample's offsets table (int64, N+1) and CRC table (uint32, N) with one ``pread`` of the
+    tar open at ``fd``: the ``.crc`` member follows ``.offsets``, so one read spans both. The two
+    offsets are the members' data offsets from the index. ValueError on a short read."""
+    end = crc_offset + 4 * num_frames
+    span = os.pread(fd, end - offsets_offset, offsets_offset)
+    if len(span) != end - offsets_offset or crc_offset < offsets_offset + 8 * (num_frames + 1):
+        raise ValueError(f"offsets at byte {offsets_offset} and checksums at byte {crc_offset}: short read "
+                         f"({len(span)} of {end - offsets_offset} bytes) or overlapping members")
+    offsets = np.frombuffer(span, dtype="<i8", count=num_frames + 1)
+    return offsets, np.frombuffer(span, dtype=CRC_DTYPE, count=num_frames, offset=crc_offset - offsets_offset)
 
 
 def check_frame(jpeg: bytes | memoryview, expected_crc: int) -> str | None:
