@@ -71,7 +71,8 @@ class ProbeConfig:
     """Linear probe on frozen, cached features (CoCLR feature_linear_probe.py defaults)."""
 
     normalize: bool = True  # L2-normalise the feature first (main_classifier --train_what last)
-    bn: bool = True  # BatchNorm1d (affine, initialised 1 / 0, trained) before the linear layer
+    bn: bool = True  # BatchNorm1d before the linear layer
+    bn_affine: bool = True  # CoCLR's code: affine, initialised 1 / 0 and trained; false: a plain standardisation
     lr: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-3

@@ -4,7 +4,8 @@ Shapes: features ``[N, D]`` float32, labels ``[N]`` int64, logits ``[N, C]``.
 
 The head is CoCLR's ``LinearClassifier`` as ``main_classifier.py --train_what last`` builds it:
 the feature L2-normalised, then ``BatchNorm1d`` (affine, weight 1 / bias 0 at start, trained),
-then a linear layer (weights N(0, 0.01), bias 0), no dropout. It is trained on the cached
+then a linear layer (weights N(0, 0.01), bias 0), no dropout (``bn_affine=false``: a BN without
+its affine part). It is trained on the cached
 10-clip features as ``eval/feature_linear_probe.py`` trains it: SGD momentum 0.9, lr 1.0,
 weight decay 1e-3, batch 1024, 100 epochs, lr x0.1 at epochs 60 and 80, test accuracy every 5
 epochs. CoCLR reports the best of those test accuracies; ``top1`` here is the final epoch's and
@@ -29,10 +30,11 @@ from evaluation.train_loop import LoopSpec, RunDir, fit
 class LinearProbe(nn.Module):
     """[L2 normalisation] -> [BatchNorm1d] -> Linear."""
 
-    def __init__(self, dim: int, num_classes: int, normalize: bool = True, bn: bool = True) -> None:
+    def __init__(self, dim: int, num_classes: int, normalize: bool = True, bn: bool = True,
+                 bn_affine: bool = True) -> None:
         super().__init__()
         self.normalize = normalize
-        self.bn = nn.BatchNorm1d(dim) if bn else nn.Identity()
+        self.bn = nn.BatchNorm1d(dim, affine=bn_affine) if bn else nn.Identity()
         self.fc = nn.Linear(dim, num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
@@ -101,7 +103,7 @@ def train_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: n
     y_train = torch.as_tensor(train_labels, dtype=torch.int64)
     x_test = torch.as_tensor(test_feats, dtype=torch.float32)
     torch.manual_seed(cfg.seed)
-    model = LinearProbe(x_train.shape[1], num_classes, cfg.normalize, cfg.bn).to(device)
+    model = LinearProbe(x_train.shape[1], num_classes, cfg.normalize, cfg.bn, cfg.bn_affine).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     batches, steps = feature_batches(x_train, y_train, cfg.batch_size, cfg.seed, drop_single=cfg.bn)
     spec = LoopSpec(epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, milestones=tuple(cfg.milestones),

@@ -91,6 +91,10 @@ def test_linear_probe_separable_high_random_chance(separable: bool, tmp_path: Pa
         assert abs(summary["top1"] - 1 / 8) < 0.06  # chance: 12.5 %
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs if "test_top1" in r] == [0, 5, 10, 15, 20, 25, 30, 35, 39]
+    if separable:  # BN without its affine part works as well here
+        plain = ProbeConfig(**{**PROBE.__dict__, "bn_affine": False})
+        summary, _ = train_probe(xtr, ytr, xte, yte, 8, plain, RunDir(tmp_path / "plain", {}), CPU)
+        assert summary["top1"] > 0.95
 
 
 def test_linear_probe_resumes_exactly(tmp_path: Path) -> None:
