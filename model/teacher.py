@@ -24,18 +24,25 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
-def collapse_stats(targets: Tensor, cls_tokens: Tensor) -> dict[str, Tensor]:
-    """Two collapse monitors, as float32 scalars (no host synchronisation).
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy (nats) of each row of ``[N, K]`` probabilities."""
+    p = p.float()
+    return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
+
+
+def collapse_stats(targets: Tensor, cls_tokens: Tensor, patch_targets: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Collapse monitors, as float32 scalars (no host synchronisation).
 
     ``stat_teacher_entropy``: mean entropy (nats) of the teacher's class-token targets ``[C, K]``;
     it tends to ln K when the targets turn uniform, to 0 when one prototype takes every input.
+    ``stat_patch_entropy``: the same for the masked-patch targets ``[M, K]`` (valid slots only).
     ``stat_cls_std``: std over the batch of the L2-normalised class tokens ``[C, D]``, averaged
     over dimensions (about 1/sqrt(D) for well-spread features, towards 0 when they collapse).
     """
-    p = targets.float()
-    entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1).mean()
     z = F.normalize(cls_tokens.float(), dim=-1)
-    return {"stat_teacher_entropy": entropy, "stat_cls_std": z.std(dim=0).mean()}
+    patch = (_entropy(patch_targets) * valid).sum() / valid.sum().clamp(min=1.0)
+    return {"stat_teacher_entropy": _entropy(targets).mean(), "stat_patch_entropy": patch,
+            "stat_cls_std": z.std(dim=0).mean()}
 
 
 class Teacher(nn.Module):
@@ -92,7 +99,7 @@ class Teacher(nn.Module):
         else:
             cls_t = centred_softmax(cls_logits, self.cls_centre, temp)
             patch_t = centred_softmax(patch_logits, self.patch_centre, temp)
-        stats = collapse_stats(cls_t, cls_tokens)
+        stats = collapse_stats(cls_t, cls_tokens, patch_t, mb.slot_valid)
         self.update_centres(cls_logits, patch_logits, mb.slot_valid)
         return cls_t.view(n_views, c // n_views, -1), patch_t, stats
 
