@@ -6,7 +6,9 @@ shapes for ViT-S/16 and ViT-B/16 are in ``model/tcore_teacher_keys.json``.
 
 Training checkpoints are ``<dir>/ckpt_<step:09d>.pth`` dicts holding ``teacher`` (same layout
 as the export), ``student``, ``optimizer``, ``centres``, ``step`` and ``config``, so
-``load_teacher_backbone`` accepts them as well.
+``load_teacher_backbone`` accepts them as well. ``CheckpointWriter`` writes them without
+stalling training: the caller's thread only copies the state to host memory, a background
+thread does the (atomic, fsynced) write.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +183,54 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts, lists, tuples) whose tensors are host copies that later
+    in-place updates of the originals cannot reach. Device tensors are copied into pinned memory
+    without blocking: synchronise the device before reading them."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.clone() if t.device.type == "cpu" else t.to("cpu", non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written in the background: ``save`` snapshots the state to host memory and
+    returns; a thread writes it (``save_checkpoint``: atomic, keeps the newest ``keep``).
+
+    At most one write is in flight: ``save`` first waits for the previous one. An error of the
+    writer thread is raised on the caller's thread by the next ``save``, ``wait`` or ``close``.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, keep: int) -> None:
+        self.ckpt_dir, self.keep = Path(ckpt_dir), keep
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight (if any) is on disk; its path, or its error raised here."""
+        fut, self._pending = self._pending, None
+        return fut.result() if fut is not None else None
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        """Snapshot ``state`` (device tensors included) to host memory, then write it in the background."""
+        self.wait()
+        snap = to_host(state)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the pinned copies above have landed
+        self._pending = self._pool.submit(save_checkpoint, snap, self.ckpt_dir, step, self.keep)
+
+    def close(self) -> None:
+        """Wait for the last write (raising its error), then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 _REQUIRED = ("step", "student", "teacher", "optimizer", "centres")

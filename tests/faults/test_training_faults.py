@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from model.checkpoint import list_checkpoints, read_checkpoint
+from model.device import cuda_usable
 from tests.faults.launch import (
     PRESET,
     ROOT,
@@ -96,6 +97,34 @@ def test_missing_shard_under_torchrun_fails_without_hanging(shards_missing_one, 
     res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert res.stderr.count(f"error: shard {tar}: listed in the dataset card but missing") == 2  # both ranks
+
+
+needs_no_gpu = pytest.mark.skipif(cuda_usable(), reason="checks the refusal on a machine where CUDA cannot start")
+
+
+@needs_no_gpu
+def test_cuda_request_without_cuda_is_one_line_before_anything_is_written(sample_shards, tmp_path, capsys):
+    code = main(["--shards", str(sample_shards), "--config", PRESET, "--out", str(tmp_path / "run"), *FAST,
+                 "train.device=cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: device 'cuda' requested but CUDA cannot start")
+    assert f"built for CUDA {torch.version.cuda}" in err[0] and "driver" in err[0]  # the wheel's CUDA, the driver
+    assert not (tmp_path / "run").exists()  # no output dir, no config.yaml
+
+
+@needs_no_gpu
+@pytest.mark.slow
+def test_two_processes_without_cuda_must_say_cpu(sample_shards, tmp_path):
+    """`make train GPUS=2` on a machine where CUDA cannot start: every rank stops at once, nothing
+    written; the same job with train.device=cpu runs (tests/test_train.py, tests/faults/)."""
+    cmd = torchrun_cmd(sample_shards, tmp_path / "run", "train.device=auto", port=free_port(), nproc=2)
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    line = "error: train.device=auto with 2 processes needs CUDA, which cannot start"
+    assert res.stderr.count(line) == 2, res.stderr[-2000:]  # both ranks, one line each
+    assert "say train.device=cpu" in res.stderr and f"built for CUDA {torch.version.cuda}" in res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, key, reason", [
