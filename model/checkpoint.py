@@ -47,16 +47,44 @@ def teacher_state_dict(backbone: nn.Module, head: nn.Module) -> dict[str, torch.
     return out
 
 
+class _Sink:
+    """A file whose ``write`` remembers its OS error: torch.save's zip writer turns a failed write
+    (full disk, quota) into an unrelated "unexpected pos" RuntimeError."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``; OSError when a write fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
+        raise
 
 
 def export_teacher(backbone: nn.Module, head: nn.Module, path: str | Path) -> None:
@@ -199,12 +227,27 @@ def to_host(obj: Any) -> Any:
     return obj
 
 
+class CheckpointWriteError(RuntimeError):
+    """A training checkpoint could not be written (full disk, quota, permissions)."""
+
+
+def write_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
+    """``save_checkpoint``, with an OS error turned into one line naming the file and what to do."""
+    try:
+        return save_checkpoint(state, ckpt_dir, step, keep)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"checkpoint {ckpt_dir / f'ckpt_{step:09d}.pth'} could not be written ({exc.strerror or exc}); "
+            f"the earlier ones are whole: free space and re-run the same command to resume") from exc
+
+
 class CheckpointWriter:
     """Checkpoints written in the background: ``save`` snapshots the state to host memory and
     returns; a thread writes it (``save_checkpoint``: atomic, keeps the newest ``keep``).
 
     At most one write is in flight: ``save`` first waits for the previous one. An error of the
-    writer thread is raised on the caller's thread by the next ``save``, ``wait`` or ``close``.
+    writer thread (``CheckpointWriteError``) is raised on the caller's thread by the next ``save``,
+    ``wait`` or ``close``.
     """
 
     def __init__(self, ckpt_dir: str | Path, keep: int) -> None:
@@ -223,7 +266,7 @@ class CheckpointWriter:
         snap = to_host(state)
         if torch.cuda.is_initialized():
             torch.cuda.synchronize()  # the pinned copies above have landed
-        self._pending = self._pool.submit(save_checkpoint, snap, self.ckpt_dir, step, self.keep)
+        self._pending = self._pool.submit(write_checkpoint, snap, self.ckpt_dir, step, self.keep)
 
     def close(self) -> None:
         """Wait for the last write (raising its error), then stop the thread."""

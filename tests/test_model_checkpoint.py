@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model.checkpoint import (
+    CheckpointWriteError,
     CheckpointWriter,
     list_checkpoints,
     load_latest_checkpoint,
@@ -72,10 +73,10 @@ def test_writer_error_surfaces_on_the_callers_thread(tmp_path):
     blocker.write_text("a file where the checkpoint folder should be")
     writer = CheckpointWriter(blocker / "checkpoints", keep=2)
     writer.save(_state(1), 1)  # returns: the failure happens in the writer thread
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="ckpt_000000001.pth could not be written"):
         writer.save(_state(2), 2)  # ... and is raised at the next save
     writer.save(_state(3), 3)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointWriteError, match="free space and re-run the same command to resume"):
         writer.close()  # ... or at the end of the run
 
 

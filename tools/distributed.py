@@ -42,6 +42,12 @@ class Dist:
     local_rank: int
     device: torch.device
 
+    def describe(self, request: str) -> str:
+        """``8 x cuda``, or for the CPU the setting that chose it: ``2 x cpu (train.device=cpu)``."""
+        if self.device.type == "cuda":
+            return f"{self.world} x cuda"
+        return f"{self.world} x cpu (train.device={request}" + (": no usable CUDA)" if request == "auto" else ")")
+
 
 def setup_distributed(device: str = "auto", timeout_min: float = 10.0) -> Dist:
     """Resolve ``device`` (``auto | cuda | cpu``), then init the process group under torchrun:

@@ -26,7 +26,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.checkpoint import CheckpointWriter, export_teacher, teacher_state_dict
+from model.checkpoint import (
+    CheckpointWriteError,
+    CheckpointWriter,
+    export_teacher,
+    teacher_state_dict,
+)
 from model.config import ModelConfig
 from model.masks import MaskMaker, host_masks
 from model.metrics import MetricsLogger
@@ -331,7 +336,7 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
             logger.info(f"resumed from {ckpt['path']} at step {st.step}")
     total = cfg.train.epochs * ipe
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-    logger.info(f"training {cfg.model.arch} on {device_words(d, cfg.train.device)}: steps {st.step} -> {stop} "
+    logger.info(f"training {cfg.model.arch} on {d.describe(cfg.train.device)}: steps {st.step} -> {stop} "
                 f"({ipe} iterations per epoch, {len(loader)} batches per loader pass, "
                 f"batch {cfg.train.batch_size_per_gpu} per process)")
     writer = CheckpointWriter(out / "checkpoints", cfg.train.keep_checkpoints) if d.rank == 0 else None
@@ -346,13 +351,6 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
         export_teacher(st.teacher.backbone, st.teacher.dino_head, out / "teacher.pth")
         logger.info(f"teacher written to {out / 'teacher.pth'}")
     return write_summary(st, out)
-
-
-def device_words(d: Dist, request: str) -> str:
-    """``8 x cuda``, or for the CPU the setting that chose it: ``2 x cpu (train.device=cpu)``."""
-    if d.device.type == "cuda":
-        return f"{d.world} x cuda"
-    return f"{d.world} x cpu (train.device={request}" + (": no usable CUDA)" if request == "auto" else ")")
 
 
 def write_summary(st: TrainState, out: Path) -> dict[str, Any]:
@@ -396,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -9,7 +9,9 @@ configs with an unknown key or a bad value.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,32 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(sample_shards, t
     assert sorted(first) == list(range(1, 17)) and sorted(again) == list(range(9, 13))
     for step in range(9, 13):
         assert again[step]["loss"] == first[step]["loss"], step
+
+
+CKPT_FILE_LIMIT = 1 << 20  # 1 MiB: the logs fit, a checkpoint of the tiny preset (several MB) does not
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (CKPT_FILE_LIMIT, CKPT_FILE_LIMIT))
+
+
+@pytest.mark.slow
+def test_failed_background_checkpoint_write_is_one_line_and_resumable(sample_shards, tmp_path):
+    """A checkpoint the writer thread cannot write (a quota, like a full disk) stops the run at the
+    next checkpoint with one line; no partial file is left and the run resumes once there is room."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tools.train", "--shards", str(sample_shards), "--config", PRESET,
+           "--out", str(out), *FAST]
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limit_file_size)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1, res.stderr[-2000:]
+    assert errors[0].startswith(f"error: checkpoint {out / 'checkpoints' / 'ckpt_000000004.pth'} could not be "
+                                f"written ({os.strerror(27)})")  # File too large, raised at the next save
+    assert not list((out / "checkpoints").iterdir()) and not (out / "teacher.pth").exists()
+    assert main(["--shards", str(sample_shards), "--config", PRESET, "--out", str(out), *FAST]) == 0
+    assert summary(out)["step"] == 12 and len(list_checkpoints(out / "checkpoints")) == 3
 
 
 @pytest.fixture()
