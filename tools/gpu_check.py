@@ -42,7 +42,6 @@ from tools.train import RunConfig
 ROOT = Path(__file__).resolve().parents[1]
 VITS = ROOT / "configs" / "tcore_vits16_k400.yaml"
 TINY = ROOT / "configs" / "tcore_tiny_cpu.yaml"
-IMAGES = ("current_global", "current_local", "past", "future")
 
 
 class Sizes:

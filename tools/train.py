@@ -58,7 +58,7 @@ class TrainConfig:
     batch_size_per_gpu: int = 32
     epochs: int = 400
     iters_per_epoch: int = 1250  # iterations per schedule "epoch"; 0 = one pass of the loader
-    max_steps: int = 0  # stop at this global step (0 = epochs * iters_per_epoch)
+    max_steps: int = -1  # stop at this global step (-1 = epochs * iters_per_epoch; 0 = export the initial teacher)
     output_dir: str = "runs/tcore"
     base_lr: float = 0.002  # peak lr = base_lr * sqrt(total batch / 1024)
     min_lr: float = 1e-6
@@ -70,6 +70,10 @@ class TrainConfig:
     patch_embed_lr_mult: float = 0.2
     pmm_lr_mult: float = 0.1
     freeze_last_layer_epochs: float = 1
+    # true = the T-CoRe code as released (March 2025; the published checkpoints): every non-PMM group
+    # trains at the plain lr (no layer-wise decay, no patch-embedding x0.2, no prototype freeze);
+    # false = the October 2025 fix, which applies them
+    released_lr_groups: bool = False
     momentum_teacher: float = 0.992
     final_momentum_teacher: float = 1.0
     warmup_teacher_temp: float = 0.04
@@ -91,8 +95,8 @@ class TrainConfig:
         """Raise ValueError on values that cannot work."""
         if self.batch_size_per_gpu < 1 or self.epochs < 1 or self.iters_per_epoch < 0:
             raise ValueError("train.batch_size_per_gpu and train.epochs must be >= 1, train.iters_per_epoch >= 0")
-        if self.max_steps < 0 or self.log_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("train.max_steps must be >= 0, train.log_every and train.keep_checkpoints >= 1")
+        if self.max_steps < -1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("train.max_steps must be >= -1, train.log_every and train.keep_checkpoints >= 1")
         if not self.dist_timeout_min > 0:
             raise ValueError(f"train.dist_timeout_min: must be > 0 minutes, got {self.dist_timeout_min}")
 
@@ -127,7 +131,7 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
     tc, mc = cfg.train, cfg.model
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     student = TCoReStudent(mc).to(d.device)
-    teacher = Teacher(student.backbone, student.dino_head, mc.head_n_prototypes, mc.centre_momentum)
+    teacher = Teacher(student.backbone, student.dino_head, mc.head_n_prototypes, mc.centre_momentum, mc.centering)
     groups = param_groups(student.named_parameters(), len(student.backbone.blocks), tc.layerwise_decay,
                           tc.patch_embed_lr_mult, tc.pmm_lr_mult)
     opt = build_adamw(groups, fused=d.device.type == "cuda")
@@ -176,7 +180,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
     """One optimisation step; returns detached loss tensors (no host synchronisation here)."""
     tc, sv = st.cfg.train, st.sched.at(step)
-    apply_schedules(st.opt, sv["lr"], sv["last_layer_lr"], sv["wd"])
+    apply_schedules(st.opt, sv["lr"], sv["last_layer_lr"], sv["wd"], tc.released_lr_groups)
     torch.manual_seed(step_seed(tc.seed, st.dist.rank, step))
     dtype = None if st.dist.device.type == "cuda" and tc.precision != "fp32" else torch.float32
     views = views_from_batch(batch, dtype)
@@ -185,7 +189,7 @@ def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, to
     with torch.profiler.record_function("masks"):  # built ahead on the host; here one copy
         mb = st.masks.get(step, views.current_global.shape[0], grid)
     with autocast(st):
-        t_cls, t_patch = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
+        t_cls, t_patch, stats = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
         out = st.model(views, mb, t_cls, t_patch)
     st.opt.zero_grad(set_to_none=True)
     if st.scaler is not None:
@@ -201,7 +205,7 @@ def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, to
     else:
         st.opt.step()
     st.teacher.ema_update(st.student.backbone, st.student.dino_head, sv["momentum"])
-    return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach() for k, v in (out | stats).items()}
 
 
 def checkpoint_state(st: TrainState, batches_per_epoch: int) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
             restore(st, ckpt, logger.info)
             logger.info(f"resumed from {ckpt['path']} at step {st.step}")
     total = cfg.train.epochs * ipe
-    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps >= 0 else total
     logger.info(f"training {cfg.model.arch} on {d.describe(cfg.train.device)}: steps {st.step} -> {stop} "
                 f"({ipe} iterations per epoch, {len(loader)} batches per loader pass, "
                 f"batch {cfg.train.batch_size_per_gpu} per process)")
