@@ -49,7 +49,6 @@ class ModelConfig:
     mask_min_block: int = 4  # patches per block, at least
     mask_max_block_ratio: float = 0.5  # a block covers at most this share of the grid
     mask_block_aspect: tuple[float, float] = (0.3, 1 / 0.3)
-    mask_rounds: int = 32  # block proposals per crop (fixed, so no host synchronisation)
 
     def validate(self) -> None:
         """Raise ValueError on values that cannot work."""
@@ -58,8 +57,8 @@ class ModelConfig:
             raise ValueError(f"model.mask_ratio_min_max: need 0 <= min <= max < 1, got {self.mask_ratio_min_max}")
         if not 0.0 <= self.mask_sample_probability <= 1.0:
             raise ValueError("model.mask_sample_probability must be in [0, 1]")
-        if self.mask_min_block < 1 or self.mask_rounds < 1:
-            raise ValueError("model.mask_min_block and model.mask_rounds must be >= 1")
+        if self.mask_min_block < 1:
+            raise ValueError(f"model.mask_min_block must be >= 1, got {self.mask_min_block}")
         if self.patch_size < 1 or self.img_size % self.patch_size:
             raise ValueError(f"model.img_size must be a multiple of model.patch_size {self.patch_size}, "
                              f"got {self.img_size}")

@@ -30,7 +30,7 @@ def sinkhorn_knopp(logits: Tensor, temp: float, weight: Tensor | None = None, it
         q = torch.exp(x - _all_reduce_max(x.max()))  # one shift for all rows keeps the same Q
         if weight is not None:
             q = q * weight.float()[:, None]
-        rows = _all_reduce_sum(q.new_tensor([float(q.shape[0])]) if weight is None else weight.float().sum().view(1))
+        rows = _all_reduce_sum(q.new_full((1,), float(q.shape[0])) if weight is None else weight.float().sum().view(1))
         k = q.shape[1]
         for _ in range(iterations):
             q = q / (_all_reduce_sum(q.sum(0, keepdim=True)) * k).clamp(min=1e-30)  # each prototype: 1/K
