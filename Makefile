@@ -37,7 +37,7 @@ REMOTE_INSTALL = $(PY) -c "import s3fs, moto" 2>/dev/null || $(PY) -m pip instal
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup setup-cuda12 demo test test-fast lint shards inspect bench-shards profile profile-kinetics-like train bench-train gpu-check eval clean help
+.PHONY: setup setup-cuda12 demo test test-fast lint shards inspect bench-shards profile profile-kinetics-like train learn-check bench-train gpu-check eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -62,6 +62,7 @@ setup-cuda12: setup
 	$(PY) -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'CUDA', torch.version.cuda, '| DALI', d.__version__)"
 
 DEMO := data/demo
+DEMO_EVAL = --task davis --root $(DEMO)/digits/davis --device cpu "input_size=[256,320]"
 demo: setup
 	$(PY) -m shards $(SAMPLE_FLAGS)
 	$(PY) -m shards.inspect $(SAMPLE_SHARDS) --verify
@@ -69,10 +70,12 @@ demo: setup
 	$(PY) -m tools.profile_loader --shards $(SAMPLE_SHARDS) --loaders dali,dali-range,torch,mp4 \
 	  --batch 16 --batches 2 --repeats 2 --json $(DEMO)/profile.json --png $(DEMO)/profile.png
 	$(MAKE) --no-print-directory train SHARDS=$(SAMPLE_SHARDS) CONFIG=configs/tcore_tiny_cpu.yaml \
+	  OUT=$(DEMO)/train_init STEPS=0 GPUS=0
+	$(MAKE) --no-print-directory train SHARDS=$(SAMPLE_SHARDS) CONFIG=configs/tcore_tiny_cpu.yaml \
 	  OUT=$(DEMO)/train STEPS=100 GPUS=0
-	$(PY) -m evaluation.synthetic $(DEMO)/eval_data
-	$(PY) -m tools.eval_propagation --ckpt $(DEMO)/train/teacher.pth --task davis \
-	  --root $(DEMO)/eval_data/davis --out $(DEMO)/eval_davis
+	$(PY) -m evaluation.digits $(DEMO)/digits --train 0 --val 0 --davis 4
+	$(PY) -m tools.eval_propagation --ckpt $(DEMO)/train_init/teacher.pth $(DEMO_EVAL) --out $(DEMO)/eval_davis_init
+	$(PY) -m tools.eval_propagation --ckpt $(DEMO)/train/teacher.pth $(DEMO_EVAL) --out $(DEMO)/eval_davis_trained
 	$(PY) -m tools.demo_summary $(SAMPLE_SHARDS) $(DEMO)
 
 test: setup
@@ -150,6 +153,13 @@ train: setup
 	  -m tools.train --shards "$(SHARDS)" --config "$(CONFIG)" \
 	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(if $(STEPS),train.max_steps=$(STEPS)) \
 	  $(if $(filter 0,$(GPUS)),train.device=cpu) $(TRAIN_OVERRIDES)
+
+# does training learn? random-init vs trained teacher on generated data that colour and position
+# cannot solve (the digit world), 2 seeds; writes OUT/learn_check.json and .png (default out/learn_check)
+SEEDS ?= 0,1
+learn-check: setup
+	$(PY) -m tools.learn_check $(if $(filter command line,$(origin OUT)),--out "$(OUT)") --seeds $(SEEDS) \
+	  $(if $(filter command line,$(origin CONFIG)),--config "$(CONFIG)") $(TRAIN_OVERRIDES)
 
 bench-train: setup
 	$(PY) -m tools.bench_train --shards "$(SHARDS)" --config "$(CONFIG)" $(TRAIN_OVERRIDES)

@@ -5,13 +5,15 @@ inside scikit-learn. Every scene is a slowly panning cluttered background with t
 that move, grow or shrink, turn a little and occlude each other. Objects, background blobs and
 clutter (small digits) all draw their colours from the *same* palette distribution and carry the
 same kind of texture, so neither colour nor position says what or where an object is; the shape
-does. Exact masks and labels are known.
+does. Each frame has its own lighting (exposure, contrast, white balance drawn anew), so that
+matching raw colours from frame to frame is unreliable too. Exact masks and labels are known.
 
 Three outputs, all deterministic for a seed:
 
 - ``write_kinetics(root)``: training clips (and labelled held-out clips) in the Kinetics layout
   (``annotations/{train,val}.csv``, ``<split>/<class>/<ytid>_<start>_<end>.mp4``), so that
-  ``make shards DATA=kinetics`` shards them. A clip's label is the digit class of its main object.
+  ``make shards DATA=kinetics`` shards them. A clip's label is the digit class of its main object,
+  whose box in every frame is in ``digit_boxes.json``.
 - ``write_davis(root)``: held-out videos in the DAVIS-2017 layout (``JPEGImages/480p``,
   ``Annotations/480p``, ``ImageSets/2017/val.txt``), 2-3 digits each, for label propagation.
 - held-out clips use digit scans that no training clip uses (scans split by index).
@@ -26,6 +28,7 @@ import colorsys
 import csv
 import gzip
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from evaluation.datasets import mark_generated, write_index_png
 
 HW = (128, 160)  # frame height, width
 FPS = 10
+BOXES = "digit_boxes.json"
 TRAIN_SCANS = 1200  # scans [0, 1200) for training clips, the rest for held-out videos
 
 
@@ -137,7 +141,30 @@ def make_mover(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, 
                  (s0, s1), (rng.uniform(-20, 20), rng.uniform(-20, 20)))
 
 
-def render(bg: np.ndarray, pan: np.ndarray, movers: list[Mover], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+YIQ2RGB = np.linalg.inv(RGB2YIQ).astype(np.float32)
+LIGHTING = {"brightness": 0.25, "contrast": 0.25, "saturation": 0.4, "hue_degrees": 30.0}
+
+
+def relight(img: np.ndarray, rng: np.random.Generator, strength: dict[str, float] = LIGHTING) -> np.ndarray:
+    """One frame's lighting change (exposure, contrast, white balance): float RGB [H, W, 3] -> same.
+
+    In YIQ: luma times a brightness factor, then stretched about its mean by a contrast factor;
+    chroma scaled by a saturation factor and turned by a hue angle; each factor uniform in
+    1 ± strength (hue: ± degrees), drawn independently for every frame.
+    """
+    b, c, sat = (1 + rng.uniform(-strength[k], strength[k]) for k in ("brightness", "contrast", "saturation"))
+    th = np.deg2rad(rng.uniform(-strength["hue_degrees"], strength["hue_degrees"]))
+    yiq = img @ RGB2YIQ.T
+    y = yiq[..., 0] * b
+    yiq[..., 0] = (y - y.mean()) * c + y.mean()
+    rot = sat * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]], dtype=np.float32)
+    yiq[..., 1:] = yiq[..., 1:] @ rot.T
+    return yiq @ YIQ2RGB.T
+
+
+def render(bg: np.ndarray, pan: np.ndarray, movers: list[Mover], n: int,
+           rng: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Frames (uint8 RGB) and label maps (0 = background, i + 1 = movers[i], later on top)."""
     h, w = HW
     frames, maps = [], []
@@ -151,28 +178,45 @@ def render(bg: np.ndarray, pan: np.ndarray, movers: list[Mover], n: int) -> tupl
             tex = np.asarray(Image.fromarray(np.clip(m.tex, 0, 255).astype(np.uint8)).resize((size, size)),
                              dtype=np.float32)
             paste(canvas, alpha, tex, y, x, ids, k + 1)
+        if rng is not None:
+            canvas = relight(canvas, rng)
         frames.append(np.clip(canvas, 0, 255).astype(np.uint8))
         maps.append(ids)
     return frames, maps
 
 
 def scene(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, n: int,
-          movers: list[Mover]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Render ``movers`` over a fresh background panning by up to ~1 px per frame."""
+          movers: list[Mover], lighting: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Render ``movers`` over a fresh background panning by up to ~1 px per frame, each frame
+    under its own lighting (``relight``) unless ``lighting`` is False."""
     h, w = HW
     margin = n + 8
     bg = background(rng, (h + 2 * margin, w + 2 * margin), scans)
     v = rng.uniform(-1.0, 1.0, 2)
     start = np.array([margin, margin]) - v * n / 2
-    return render(bg, np.stack([start, v]), movers, n)
+    return render(bg, np.stack([start, v]), movers, n, rng if lighting else None)
 
 
-def clip(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, n: int, label: int):
-    """A training/held-out clip: one main digit of class ``label`` (48-80 px), maybe a smaller distractor."""
+def main_boxes(maps: list[np.ndarray], oid: int) -> list[list[int]]:
+    """Per frame, the box ``[x0, y0, x1, y1]`` (exclusive ends) of label ``oid``'s visible pixels
+    (the whole frame when it is fully hidden)."""
+    out = []
+    for ids in maps:
+        ys, xs = np.nonzero(ids == oid)
+        out.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs)
+                   else [0, 0, ids.shape[1], ids.shape[0]])
+    return out
+
+
+def clip(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, n: int, label: int
+         ) -> tuple[list[np.ndarray], list[list[int]]]:
+    """A training/held-out clip: one main digit of class ``label`` (48-80 px), in front of a smaller
+    distractor half of the time. Returns the frames and the main digit's box in each frame."""
     movers = [make_mover(rng, scans, labels, n, (48, 80), label)]
     if rng.uniform() < 0.5:
         movers.insert(0, make_mover(rng, scans, labels, n, (24, 40)))  # behind the main digit
-    return scene(rng, scans, labels, n, movers)[0]
+    frames, maps = scene(rng, scans, labels, n, movers)
+    return frames, main_boxes(maps, len(movers))
 
 
 def scan_split(held_out: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -183,11 +227,13 @@ def scan_split(held_out: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def write_kinetics(root: str | Path, n_train: int = 192, n_val: int = 96, frames: int = 40,
                    seed: int = 0) -> Path:
-    """Training and labelled held-out clips in the Kinetics layout (classes "digit 0" .. "digit 9")."""
+    """Training and labelled held-out clips in the Kinetics layout (classes "digit 0" .. "digit 9"),
+    and ``ROOT/digit_boxes.json``: clip key -> the main digit's box ``[x0, y0, x1, y1]`` per frame."""
     from shards.sample import write_video, youtube_id
 
     root = Path(root)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
+    boxes: dict[str, list[list[int]]] = {}
     for split, count, held in (("train", n_train, False), ("val", n_val, True)):
         scans, labels = scan_split(held)
         rows = []
@@ -197,12 +243,14 @@ def write_kinetics(root: str | Path, n_train: int = 192, n_val: int = 96, frames
             ytid = youtube_id(f"digits-{seed}-{split}-{i}")
             name = f"digit {label}"
             path = root / split / name / f"{ytid}_{0:06d}_{frames // FPS:06d}.mp4"
-            write_video(path, clip(rng, scans, labels, frames, label), fps=FPS)
+            imgs, boxes[f"{ytid}_{0:06d}_{frames // FPS:06d}"] = clip(rng, scans, labels, frames, label)
+            write_video(path, imgs, fps=FPS)
             rows.append([name, ytid, 0, frames // FPS, split])
         with open(root / "annotations" / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
             w.writerows(rows)
+    (root / BOXES).write_text(json.dumps(boxes) + "\n")
     return root
 
 
@@ -239,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    write_kinetics(out / "kinetics", args.train, args.val, seed=args.seed)
-    write_davis(out / "davis", args.davis, seed=args.seed)
-    print(f"wrote {out}/kinetics ({args.train} train + {args.val} val clips) and {out}/davis ({args.davis} videos)")
+    if args.train or args.val:
+        write_kinetics(out / "kinetics", args.train, args.val, seed=args.seed)
+        print(f"wrote {out}/kinetics ({args.train} train + {args.val} val clips)")
+    if args.davis:
+        write_davis(out / "davis", args.davis, seed=args.seed)
+        print(f"wrote {out}/davis ({args.davis} videos)")
     return 0
 
 

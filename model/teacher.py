@@ -36,12 +36,15 @@ def collapse_stats(targets: Tensor, cls_tokens: Tensor, patch_targets: Tensor, v
     ``stat_teacher_entropy``: mean entropy (nats) of the teacher's class-token targets ``[C, K]``;
     it tends to ln K when the targets turn uniform, to 0 when one prototype takes every input.
     ``stat_patch_entropy``: the same for the masked-patch targets ``[M, K]`` (valid slots only).
+    ``stat_teacher_usage``: entropy of the batch-mean class-token target, ln of the number of
+    prototypes the batch uses; near 0 when one prototype takes every input.
     ``stat_cls_std``: std over the batch of the L2-normalised class tokens ``[C, D]``, averaged
     over dimensions (about 1/sqrt(D) for well-spread features, towards 0 when they collapse).
     """
     z = F.normalize(cls_tokens.float(), dim=-1)
     patch = (_entropy(patch_targets) * valid).sum() / valid.sum().clamp(min=1.0)
     return {"stat_teacher_entropy": _entropy(targets).mean(), "stat_patch_entropy": patch,
+            "stat_teacher_usage": _entropy(targets.float().mean(0, keepdim=True))[0],
             "stat_cls_std": z.std(dim=0).mean()}
 
 
