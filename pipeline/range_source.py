@@ -67,6 +67,7 @@ class RangeSource:
         self.table = np.array([(tar_id[s.tar], s.mjpeg_offset, s.offsets_offset, s.num_frames) for s in samples],
                               dtype=np.int64).reshape(-1, 4)
         self.prefetch = max(2, cfg.range_workers)  # batches made ahead: one per worker
+        self.max_open = MAX_OPEN_FILES
         self._fds: OrderedDict[int, int] = OrderedDict()
 
     def __getstate__(self) -> dict:
@@ -79,7 +80,7 @@ class RangeSource:
         if fd is not None:
             self._fds.move_to_end(tar)
             return fd
-        if len(self._fds) >= MAX_OPEN_FILES:
+        if len(self._fds) >= self.max_open:
             os.close(self._fds.popitem(last=False)[1])
         fd = self._fds[tar] = os.open(self.tars[tar], os.O_RDONLY)
         return fd

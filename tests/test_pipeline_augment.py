@@ -188,3 +188,17 @@ def test_each_view_gets_its_own_steps(sample_shards) -> None:
     for name in ("past", "future"):  # no blur: view 2 is exactly view 1 solarized
         first, second = _pixels(b[name][:, 0], cfg), _pixels(b[name][:, 1], cfg)
         assert torch.equal(second, torch.where(first >= 128, 255 - first, first))
+
+
+def test_jitter_distribution_against_torchvision(sample_shards) -> None:
+    """The README's comparison, small: the DALI jitter and torchvision's agree on per-channel
+    means, luma and the spread of the hue shift; YIQ hue lowers HSV saturation (documented)."""
+    from tools.jitter_compare import compare, shard_images
+
+    found = compare(shard_images(str(sample_shards), 12, 48), PipelineConfig(jitter_p=1.0), draws=16)
+    for k in ("mean_r", "mean_g", "mean_b", "luma"):
+        (ma, sa), (mb, sb) = found[k]["torchvision"], found[k]["dali"]
+        assert abs(ma - mb) < 4 and abs(sa - sb) < 0.15 * sa, (k, found[k])
+    (_, sa), (_, sb) = found["hue_shift"]["torchvision"], found["hue_shift"]["dali"]
+    assert abs(sa - sb) < 4, found["hue_shift"]
+    assert found["saturation"]["dali"][0] < found["saturation"]["torchvision"][0]
