@@ -113,6 +113,7 @@ class TripletLoader:
         if cfg.read_mode == "range" and (self.sizes < 1).any():
             raise ValueError(f"{split.root / split.name / 'manifest.parquet'}: no frame height/width for some "
                              "samples (range mode draws crop windows from them); re-shard or use read_mode=whole")
+        self.host_names = host_output_names(cfg, self.inputs(0)) if self.dali_device == "host" else []
         self._live = None  # range mode: [pipeline, (epoch, batch) of its next output]
         self._ahead: _Background | None = None  # whole mode: the next epoch's pipeline
 
@@ -141,7 +142,6 @@ class TripletLoader:
         """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
         or batch 0 of ``epoch`` (whole mode)."""
         inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0)
-        self.host_names = host_output_names(self.cfg, inputs)
         return make_pipeline(self.cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
                              inputs=inputs, seed=seed_for(self.cfg.seed, self.rank, epoch))
 

@@ -25,6 +25,7 @@ processes nor runs out of memory or file handles.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.loaders:
                 print(f"profiling {name} on {workload} ...", file=sys.stderr, flush=True)
                 r = run_one(name, workload, args, base, split, device, Path(tmp))
+                gc.collect()  # the loader's pipeline and workers go before the next loader is measured
                 if "triplets_per_s" in r:
                     r["fraction_of_ceiling"] = r["triplets_per_s"] / ceil["triplets_per_s"]
                 entries[name] = r
