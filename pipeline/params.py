@@ -114,24 +114,27 @@ def crop_views(cfg: PipelineConfig) -> list[str]:
     return [f"global{i}" for i in range(cfg.num_global)] + [f"local{i}" for i in range(cfg.num_local)] + ["context"]
 
 
-def random_windows(rng: np.random.Generator, h: np.ndarray, w: np.ndarray, n: int,
-                   scale: tuple[float, float], ratio: tuple[float, float]) -> np.ndarray:
-    """[B, n, 4] pixel windows (y0, x0, y1, x1) of torchvision's RandomResizedCrop for frames h × w [B]."""
+def random_windows(rng: np.random.Generator, h: np.ndarray, w: np.ndarray, scales: np.ndarray,
+                   ratio: tuple[float, float]) -> np.ndarray:
+    """[B, n, 4] pixel windows (y0, x0, y1, x1) of torchvision's RandomResizedCrop for frames h × w [B];
+    view i's area fraction is uniform in ``scales[i]`` ([n, 2])."""
+    b, n = len(h), len(scales)
     hh, ww = h[:, None, None].astype(np.float64), w[:, None, None].astype(np.float64)
-    shape = (len(h), n, ATTEMPTS)
-    target = hh * ww * rng.uniform(scale[0], scale[1], shape)
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), shape))
+    u = rng.random((2, b, n, ATTEMPTS))
+    lo, hi = scales[:, 0, None], scales[:, 1, None]
+    target = hh * ww * (lo + (hi - lo) * u[0])
+    aspect = np.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
     cw, ch = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
     fits = (cw > 0) & (cw <= ww) & (ch > 0) & (ch <= hh)
-    first = np.argmax(fits, axis=2)[..., None]
-    cw, ch = np.take_along_axis(cw, first, 2)[..., 0], np.take_along_axis(ch, first, 2)[..., 0]
-    found = fits.any(axis=2)
+    first = np.argmax(fits, axis=2)
+    i, j = np.indices((b, n), sparse=True)
+    cw, ch = cw[i, j, first], ch[i, j, first]
+    found = fits[i, j, first]
     hh, ww = hh[..., 0], ww[..., 0]
     in_ratio = ww / hh  # the fallback: the whole frame, its aspect clamped to ratio, centred
-    fw = np.where(in_ratio > ratio[1], np.round(hh * ratio[1]), ww)
-    fh = np.where(in_ratio < ratio[0], np.round(ww / ratio[0]), hh)
-    cw, ch = np.where(found, cw, fw), np.where(found, ch, fh)
-    u = rng.random((2, len(h), n))
+    cw = np.where(found, cw, np.where(in_ratio > ratio[1], np.round(hh * ratio[1]), ww))
+    ch = np.where(found, ch, np.where(in_ratio < ratio[0], np.round(ww / ratio[0]), hh))
+    u = rng.random((2, b, n))
     y0 = np.where(found, uniform_int(u[0], 0, (hh - ch).astype(np.int64)), (hh - ch) // 2)
     x0 = np.where(found, uniform_int(u[1], 0, (ww - cw).astype(np.int64)), (ww - cw) // 2)
     return np.stack([y0, x0, y0 + ch, x0 + cw], axis=-1)
@@ -145,26 +148,22 @@ def centred_window(h: np.ndarray, w: np.ndarray, ratio: tuple[float, float]) -> 
     return np.stack([y0, x0, y0 + ch, x0 + cw], axis=-1)
 
 
-def _relative(win: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-    scale = np.stack([h, w, h, w], axis=-1).astype(np.float64)
-    return win / (scale[:, None] if win.ndim == 3 else scale)
-
-
 def crop_rois(rng: np.random.Generator, h: np.ndarray, w: np.ndarray, cfg: PipelineConfig) -> dict[str, np.ndarray]:
-    """{view: [B, 4] float32 relative (y0, x0, y1, x1)} for ``crop_views(cfg)``; frames h × w [B]."""
-    if cfg.workload == "simple":
-        win = _relative(random_windows(rng, h, w, 3, cfg.global_scale, cfg.ratio), h, w)
-        return {v: win[:, i].astype(np.float32) for i, v in enumerate(crop_views(cfg))}
-    out = {}
-    win = _relative(random_windows(rng, h, w, cfg.num_global, cfg.global_scale, cfg.ratio), h, w)
-    out.update({f"global{i}": win[:, i] for i in range(cfg.num_global)})
-    if cfg.num_local:
-        win = _relative(random_windows(rng, h, w, cfg.num_local, cfg.local_scale, cfg.ratio), h, w)
-        flip = rng.random(win.shape[:2]) < 0.5
-        win[..., [1, 3]] = np.where(flip[..., None], win[..., [3, 1]], win[..., [1, 3]])
-        out.update({f"local{i}": win[:, i] for i in range(cfg.num_local)})
-    out["context"] = _relative(centred_window(h, w, cfg.ratio), h, w)
-    return {k: v.astype(np.float32) for k, v in out.items()}
+    """{view: [B, 4] float32 relative (y0, x0, y1, x1)} for ``crop_views(cfg)``; frames h × w [B].
+
+    Local views are flipped horizontally with probability 0.5 (x0 > x1).
+    """
+    views = crop_views(cfg)
+    random = [v for v in views if v != "context"]
+    scales = np.array([cfg.local_scale if v.startswith("local") else cfg.global_scale for v in random])
+    scale = np.stack([h, w, h, w], axis=-1).astype(np.float64)[:, None]
+    win = random_windows(rng, h, w, scales, cfg.ratio) / scale
+    flip = (rng.random(win.shape[:2]) < 0.5) & np.array([v.startswith("local") for v in random])
+    win[..., [1, 3]] = np.where(flip[..., None], win[..., [3, 1]], win[..., [1, 3]])
+    out = {v: win[:, k].astype(np.float32) for k, v in enumerate(random)}
+    if "context" in views:
+        out["context"] = (centred_window(h, w, cfg.ratio) / scale[:, 0]).astype(np.float32)
+    return out
 
 
 def _factor(rng: np.random.Generator, shape: tuple[int, ...], spread: float, centre: float = 1.0) -> np.ndarray:
@@ -208,16 +207,17 @@ def colour_maps(d: dict[str, np.ndarray], pivot: str) -> tuple[np.ndarray, np.nd
     steps[..., 3, :, :] = (eye - YIQ_A1) + np.cos(theta) * YIQ_A1 + np.sin(theta) * YIQ_A2
     b, n = np.indices(shape, sparse=True)
     steps = steps[b[..., None], n[..., None], order]  # in the order applied
-    prefix = [np.broadcast_to(eye, (*shape, 3, 3))]  # the map after 0, 1, .. steps
-    for j in range(4):
-        prefix.append(steps[..., j, :, :] @ prefix[-1])
     at = np.argmax(order == 1, axis=-1)  # contrast's place: its pivot is the grey of the map before it
-    before = np.stack(prefix[:4], axis=-3)[b, n, at]
-    w = (LUMA[:, None] * before).sum(-2)
+    m = np.broadcast_to(eye, (*shape, 3, 3))
+    w = np.broadcast_to(LUMA, (*shape, 3))
+    for j in range(4):
+        if j:
+            w = np.where((at == j)[..., None], LUMA @ m, w)
+        m = steps[..., j, :, :] @ m
     # grey stays grey under saturation and hue, so the pivot term only scales with a later brightness
     later_b = np.argmax(order == 0, axis=-1) > at
     k = (1 - d["contrast"]) * np.where(later_b, d["brightness"], 1.0)
-    m = np.where(d["gray"][..., None, None], grey @ prefix[4], prefix[4])
+    m = np.where(d["gray"][..., None, None], grey @ m, m)
     offset = np.repeat((128.0 * k)[..., None], 3, axis=-1) if pivot == "mid" else k[..., None] * w
     return m.astype(np.float32), offset.astype(np.float32)
 
@@ -245,22 +245,19 @@ def photometric_params(rng: np.random.Generator, b: int, cfg: PipelineConfig) ->
     if cfg.workload == "simple" or not groups:
         return out
     sizes = [len(g.views) for g in groups]
-    cuts = np.cumsum(sizes)[:-1]
-    n = sum(sizes)
+    ends = np.cumsum(sizes)
+    parts = [slice(e - k, e) for e, k in zip(ends, sizes)]
     if cfg.jitter_p > 0 or cfg.grayscale_p > 0:
-        m, offset = colour_maps(colour_draws(rng, b, n, cfg), cfg.contrast_pivot)
-        for i, (mi, oi) in enumerate(zip(np.split(m, cuts, axis=1), np.split(offset, cuts, axis=1))):
-            out[f"colour/{i}"], out[f"offset/{i}"] = mi, oi
-    u = rng.random((3, b, n))
-    blur_p, solar_p = (np.repeat([getattr(g, a) for g in groups], sizes) for a in ("blur_p", "solarize_p"))
+        m, offset = colour_maps(colour_draws(rng, b, int(ends[-1]), cfg), cfg.contrast_pivot)
+        for i, part in enumerate(parts):
+            out[f"colour/{i}"], out[f"offset/{i}"] = m[:, part], offset[:, part]
+    u = rng.random((3, b, int(ends[-1])))
     sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * u[1]
-    for i, (grp, coin, sig, solar) in enumerate(zip(groups, np.split(u[0] < blur_p, cuts, axis=1),
-                                                    np.split(sigma, cuts, axis=1),
-                                                    np.split(u[2] < solar_p, cuts, axis=1))):
+    for i, (grp, part) in enumerate(zip(groups, parts)):
         if grp.blur_p > 0:
-            out[f"blur/{i}"] = blur_taps(coin, sig, cfg)
+            out[f"blur/{i}"] = blur_taps(u[0][:, part] < grp.blur_p, sigma[:, part], cfg)
         if grp.solarize_p > 0:
-            out[f"solarize/{i}"] = solar.astype(np.float32) * (256.0 / 32767.0)
+            out[f"solarize/{i}"] = (u[2][:, part] < grp.solarize_p).astype(np.float32) * (256.0 / 32767.0)
     return out
 
 

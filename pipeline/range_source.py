@@ -6,8 +6,9 @@ epochs (``BatchClock`` says which epoch and batch it is), so one pipeline serves
 Each epoch's order is a seeded permutation of the whole split (a global shuffle, no buffer
 needed), cut into equal contiguous parts, one per rank (``EpochOrder``). For a batch it draws
 the frames with the rule of ``pipeline.sampling``, seeded by (seed, rank, epoch, batch) so that
-it does not matter which worker runs it, and reads for each sample the 3 start/end pairs of its
-offsets table (48 bytes) and the 3 JPEG byte ranges. The frame count comes from the index (the
+it does not matter which worker runs it, and reads for each sample the part of its offsets table
+between the past and the future frame (one read of a few hundred bytes) and the 3 JPEG byte
+ranges. The frame count comes from the index (the
 offsets member's size), so nothing else is read. Each worker keeps at most ``MAX_OPEN_FILES``
 tars open (least recently used closed first). The view parameters come from
 ``pipeline.host.ParamSource`` in the main process: a dense array costs DALI ~5× more main-process
@@ -100,11 +101,13 @@ class RangeSource:
         u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
         frames = triplets(rows[:, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
         jpegs: list[list[np.ndarray]] = [[], [], []]
-        for (tar, mjpeg_offset, offsets_offset, *_), fr in zip(rows.tolist(), frames.tolist()):
+        for (tar, mjpeg_offset, offsets_offset, _), fr in zip(rows.tolist(), frames.tolist()):
             fd = self._fd(tar)
+            first = fr[0]  # past <= current <= future: one read of the offsets between them
+            span = np.frombuffer(os.pread(fd, 8 * (fr[2] - first + 2), offsets_offset + 8 * first), dtype="<i8")
             for k, i in enumerate(fr):
-                start, end = np.frombuffer(os.pread(fd, 16, offsets_offset + 8 * i), dtype="<i8")
-                data = os.pread(fd, int(end - start), mjpeg_offset + int(start))
+                start, end = int(span[i - first]), int(span[i - first + 1])
+                data = os.pread(fd, end - start, mjpeg_offset + start)
                 if len(data) != end - start:
                     raise ValueError(f"shard {self.tars[tar]}: short read of frame {i} (truncated tar?)")
                 jpegs[k].append(np.frombuffer(data, dtype=np.uint8))
