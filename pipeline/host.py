@@ -51,25 +51,42 @@ from pipeline.sampling import triplets
 class ParamSource:
     """Batch-level ``external_source`` with the batch's view parameters: photometric ones, and the
     crop windows in range mode (``order`` and the frame ``sizes`` [N, 2] say which samples the
-    batch holds) or the batch's key (epoch, batch index) for ``WholePlan`` in whole mode."""
+    batch holds) or the batch's key (epoch, batch index) for ``WholePlan`` in whole mode.
+
+    Parameters are drawn for ``CHUNK`` consecutive batches of an epoch at once (numpy's cost per
+    call, not per element, dominates at these sizes), seeded by (seed, rank, epoch, chunk), and
+    handed out a batch at a time.
+    """
+
+    CHUNK = 8
 
     def __init__(self, cfg: PipelineConfig, seed_words: tuple[int, int], clock: BatchClock, batch_size: int,
                  order=None, sizes: np.ndarray | None = None):
         self.cfg, self.seed_words, self.clock, self.batch_size = cfg, seed_words, clock, batch_size
         self.order, self.sizes = order, sizes
+        self._cached: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
         sample = self._draw(0)
         self.names = list(sample)
         self.layouts = [layout(n, a) for n, a in sample.items()]
         self.dtypes = [types.INT64 if a.dtype == np.int64 else types.FLOAT for a in sample.values()]
 
+    def _chunk(self, epoch: int, k: int) -> dict[str, np.ndarray]:
+        """Parameter arrays of batches k·CHUNK .. of ``epoch``, rows batch after batch."""
+        if self._cached is None or self._cached[0] != (epoch, k):
+            b, first = self.batch_size, k * self.CHUNK
+            rows = b * min(self.CHUNK, self.clock.batches_per_epoch - first)
+            sizes = None if self.order is None else self.sizes[self.order(epoch)[first * b:first * b + rows]]
+            self._cached = (epoch, k), batch_params(self.cfg, self.seed_words, epoch, k, rows, sizes)
+        return self._cached[1]
+
     def _draw(self, iteration: int) -> dict[str, np.ndarray]:
         epoch, batch = self.clock.at(iteration)
         b = self.batch_size
+        k, pos = divmod(batch, self.CHUNK)
+        out = {n: a[pos * b:(pos + 1) * b] for n, a in self._chunk(epoch, k).items()}
         if self.order is None:
-            key = {"key": np.tile(np.array([epoch, batch], dtype=np.int64), (b, 1))}
-            return key | batch_params(self.cfg, self.seed_words, epoch, batch, b)
-        sizes = self.sizes[self.order(epoch)[batch * b:(batch + 1) * b]]
-        return batch_params(self.cfg, self.seed_words, epoch, batch, b, sizes)
+            out = {"key": np.tile(np.array([epoch, batch], dtype=np.int64), (b, 1))} | out
+        return out
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         return tuple(np.ascontiguousarray(a) for a in self._draw(info.iteration).values())

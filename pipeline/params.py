@@ -285,8 +285,9 @@ def per_frame(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def batch_params(cfg: PipelineConfig, seed_words: tuple[int, ...], epoch: int, batch: int, b: int,
                  sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """All parameter arrays of a batch, as the graph consumes them: the photometric ones, and the
-    crop windows when the frame sizes ``sizes`` [b, 2] (h, w) are known."""
+    """All parameter arrays of ``b`` samples, as the graph consumes them, drawn from generators
+    seeded by (``seed_words``, epoch, batch): the photometric ones, and the crop windows when the
+    frame sizes ``sizes`` [b, 2] (h, w) are known."""
     out = per_frame(photometric_params(batch_rng(seed_words, epoch, batch, PHOTOMETRIC), b, cfg))
     if sizes is not None:
         out.update(split_rois(crop_rois(batch_rng(seed_words, epoch, batch, CROPS), sizes[:, 0], sizes[:, 1], cfg)))
