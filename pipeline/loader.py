@@ -1,8 +1,8 @@
 """``build_loader``: the trainer's entry point to the DALI triplet pipeline.
 
 An epoch's batches depend only on (seed, rank, epoch): every random draw of the graph comes from
-numpy generators seeded by (seed, rank, epoch, batch index) (``pipeline.host``), and the sample
-order from seeds shared by all ranks. Every rank runs exactly ``len(loader)`` =
+numpy generators seeded by (seed, rank, epoch, batch or chunk index) (``pipeline.host``), and the
+sample order from seeds shared by all ranks. Every rank runs exactly ``len(loader)`` =
 ⌊⌊N·repeat / world_size⌋ / batch_size⌋ batches, so DDP ranks never wait on each other at the end
 of an epoch.
 
@@ -30,8 +30,10 @@ its batches hold the bookkeeping and ``host``, the raw DALI outputs.
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,12 +77,17 @@ def _to_torch(tl, dtype: torch.dtype | None) -> torch.Tensor:
     return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
 
+_BUILDING: weakref.WeakSet = weakref.WeakSet()  # background builds, finished before the interpreter exits
+atexit.register(lambda: [b.thread.join() for b in list(_BUILDING)])
+
+
 class _Background:
     """A pipeline built, and its first batch made, in a thread."""
 
     def __init__(self, key: tuple[int, int], make):
         self.key, self.result, self.error = key, None, None
         self.thread = threading.Thread(target=self._run, args=(make,), daemon=True)
+        _BUILDING.add(self)
         self.thread.start()
 
     def _run(self, make) -> None:

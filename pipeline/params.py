@@ -1,9 +1,10 @@
 """Every per-view random parameter of a batch, drawn with numpy in a few array operations.
 
-The DALI graph's device side only applies parameters; all randomness is drawn here, per batch,
-from generators seeded by (seed, rank, epoch, batch index), so a batch is the same whatever
-pipeline made it (a pipeline kept across epochs, a resumed one) and the graph's host side is a
-handful of nodes instead of hundreds of scalar operators. Arrays are [B, ...] (B = batch).
+The DALI graph's device side only applies parameters; all randomness is drawn here, a batch or
+a few batches at a time, from generators seeded by (seed, rank, epoch, batch or chunk index,
+purpose), so a batch is the same whatever pipeline made it (a pipeline kept across epochs, a
+resumed one) and the graph's host side is a handful of nodes instead of hundreds of scalar
+operators. Arrays are [B, ...] (B = samples drawn together).
 
 Views (``view_groups``): the current frame's global crops ``global0..``, its local crops
 ``local0..``, and two views of each centred context crop ``past0, past1, future0, future1``.
@@ -67,7 +68,7 @@ YIQ_A1, YIQ_A2 = _yiq_basis()
 
 @dataclass(frozen=True)
 class BatchClock:
-    """Maps a pipeline's batch counter to (epoch, batch index): it starts at ``start``."""
+    """Maps a pipeline's batch counter to (epoch, batch index); counter 0 is (start_epoch, start_batch)."""
 
     start_epoch: int
     start_batch: int
@@ -79,6 +80,7 @@ class BatchClock:
 
 
 def batch_rng(seed_words: tuple[int, ...], epoch: int, batch: int, purpose: int) -> np.random.Generator:
+    """The generator of one purpose (PHOTOMETRIC, CROPS, FRAMES) for a batch (or chunk) of an epoch."""
     return np.random.default_rng((*seed_words, epoch, batch, purpose))
 
 
@@ -262,10 +264,12 @@ def photometric_params(rng: np.random.Generator, b: int, cfg: PipelineConfig) ->
 
 
 def roi_names(cfg: PipelineConfig) -> list[str]:
+    """The crop-window parameter names, a start and an end per ``crop_views(cfg)`` view."""
     return [f"roi_{end}/{v}" for v in crop_views(cfg) for end in ("start", "end")]
 
 
 def split_rois(rois: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{view: [B, 4]} → {roi_start/view: [B, 2] (y0, x0), roi_end/view: [B, 2] (y1, x1)}, as ``fn.resize`` takes them."""
     out = {}
     for v, r in rois.items():
         out[f"roi_start/{v}"], out[f"roi_end/{v}"] = r[:, :2], r[:, 2:]

@@ -70,3 +70,15 @@ def test_profile_refuses_cuda_without_a_gpu(sample_shards, tmp_path, capsys) -> 
     code = main(["--shards", str(sample_shards), "--device", "cuda", "--json", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "CUDA" in err[0] and not out.exists()
+
+
+def test_parallelism_is_capped_on_big_hosts(monkeypatch) -> None:
+    """On a 128-core host the profiler starts what the work needs, not a process per core."""
+    from tools.profile_loader import MAX_PARALLEL, parse_args
+
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    args = parse_args(["--shards", "x"])
+    assert args.workers == MAX_PARALLEL == 16 and args.warmup == 2 * 16 + 2
+    assert parse_args(["--shards", "x", "--batch", "4"]).workers == 4  # at most one per sample
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert parse_args(["--shards", "x"]).workers == 2

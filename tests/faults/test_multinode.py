@@ -87,7 +87,8 @@ def test_node_killed_then_both_relaunched_resume(reference, launch, tmp_path):
     waited = time.monotonic() - t0
     assert code not in (None, 0), "node 0 went on without its peer"
     assert waited < 60, f"node 0 took {waited:.0f} s to notice"
-    assert "Connection closed by peer" in nodes[0].text()
+    # gloo says "closed" or "reset" depending on whether the dead peer had unread data in its socket
+    assert any(f"Connection {how} by peer" in nodes[0].text() for how in ("closed", "reset"))
     assert not (out / "summary.json").exists()
     last = newest_checkpoint_step(out)
     assert 12 <= last < STEPS
