@@ -16,6 +16,7 @@ corners, un-augmented.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
@@ -109,5 +110,16 @@ def make_pipeline(cfg: PipelineConfig, device: str, device_id: int | None, *, ba
     pipe = triplet_graph(cfg, device, inputs, batch_size=batch_size, num_threads=cfg.num_threads,
                          device_id=device_id if device == "gpu" else None, seed=seed,
                          prefetch_queue_depth=cfg.prefetch, exec_dynamic=True, **extra)
-    pipe.build()
+    if extra.get("py_start_method") != "fork":
+        pipe.build()
+        return pipe
+    # build() forks the range readers: a forked child must never garbage-collect the parent's DALI
+    # pipelines (their threads do not exist there; collecting one crashes the reader), so collect
+    # what is garbage now and keep the rest out of the children's collections
+    gc.collect()
+    gc.freeze()
+    try:
+        pipe.build()
+    finally:
+        gc.unfreeze()
     return pipe

@@ -77,8 +77,17 @@ def _to_torch(tl, dtype: torch.dtype | None) -> torch.Tensor:
     return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
 
-_BUILDING: weakref.WeakSet = weakref.WeakSet()  # background builds, finished before the interpreter exits
-atexit.register(lambda: [b.thread.join() for b in list(_BUILDING)])
+_BUILDING: weakref.WeakSet = weakref.WeakSet()  # background builds in progress
+
+
+def _finish_background_builds() -> None:
+    """Wait for every background pipeline build: before the interpreter exits, and before range
+    mode forks its reader processes (a fork copies whatever state another thread's DALI call is in)."""
+    for b in list(_BUILDING):
+        b.thread.join()
+
+
+atexit.register(_finish_background_builds)
 
 
 class _Background:
@@ -149,6 +158,8 @@ class TripletLoader:
         """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
         or batch 0 of ``epoch`` (whole mode)."""
         inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0)
+        if inputs.source is not None:
+            _finish_background_builds()
         return make_pipeline(self.cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
                              inputs=inputs, seed=seed_for(self.cfg.seed, self.rank, epoch))
 
