@@ -37,7 +37,7 @@ REMOTE_INSTALL = $(PY) -c "import s3fs, moto" 2>/dev/null || $(PY) -m pip instal
 SAMPLE_SHARDS := data/sample_shards
 SAMPLE_FLAGS := --data sample --out $(SAMPLE_SHARDS) --shard-mb 4
 
-.PHONY: setup demo test test-fast lint shards inspect bench-shards profile profile-kinetics-like train bench-train eval clean help
+.PHONY: setup setup-cuda12 demo test test-fast lint shards inspect bench-shards profile profile-kinetics-like train bench-train gpu-check eval clean help
 
 help:
 	@echo "make demo | make test | make shards DATA=kinetics ROOT=... OUT=... | make inspect OUT=... | make bench-shards"
@@ -46,8 +46,20 @@ setup: $(STAMP)
 $(STAMP): setup.cfg setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# DALI's CUDA 12 and CUDA 13 wheels install the same package: never keep both
+	@$(PY) -m pip uninstall --quiet -y nvidia-dali-cuda120 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.setup-* && touch $@
+
+# The CUDA 12 pairing for NVIDIA drivers older than 580 (torch's CUDA 13 build needs >= 580):
+# torch from the PyTorch CUDA 12 index and DALI's cuda120 wheel in place of the cuda130 one. Run
+# again after any `make setup` that reinstalls (setup.cfg changed).
+TORCH_CUDA12_INDEX ?= https://download.pytorch.org/whl/cu128
+setup-cuda12: setup
+	$(PY) -m pip uninstall --quiet -y torch torchvision nvidia-dali-cuda130
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 --index-url $(TORCH_CUDA12_INDEX)
+	$(PY) -m pip install --quiet nvidia-dali-cuda120==2.4.0
+	$(PY) -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'CUDA', torch.version.cuda, '| DALI', d.__version__)"
 
 DEMO := data/demo
 demo: setup
@@ -80,7 +92,7 @@ shards: setup
 	$(PY) -m shards $(SHARD_FLAGS)
 
 inspect: setup
-	$(PY) -m shards.inspect "$(OUT)" $(if $(VERIFY),--verify)
+	$(PY) -m shards.inspect "$(OUT)" $(if $(VERIFY),--verify) $(if $(QUICK),--verify --quick)
 
 bench-shards: setup
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
@@ -118,8 +130,10 @@ ffcv: setup
 	  $(PY) -m pip install --quiet numba assertpy fastargs pytorch_pfn_extras terminaltables tqdm opencv-python-headless \
 	  || echo "ffcv could not be installed: the profiler will skip it"; fi
 
-# training (T-CoRe): one process per GPU under torchrun; without a GPU one CPU process (gloo)
-GPUS ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+# training (T-CoRe): one process per GPU under torchrun; without a GPU one CPU process (gloo).
+# GPUs are counted only when CUDA can start (device_count() asks NVML, which may see GPUs that an
+# old driver cannot run); GPUS=0 runs on the CPU (train.device=cpu), GPUS>=1 requires CUDA.
+GPUS ?= $(shell $(PY) -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
 NODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
@@ -134,21 +148,38 @@ train: setup
 	$(PY) -m torch.distributed.run --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(NPROC) \
 	  --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) --max-restarts $(RESTARTS) \
 	  -m tools.train --shards "$(SHARDS)" --config "$(CONFIG)" \
-	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(if $(STEPS),train.max_steps=$(STEPS)) $(TRAIN_OVERRIDES)
+	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(if $(STEPS),train.max_steps=$(STEPS)) \
+	  $(if $(filter 0,$(GPUS)),train.device=cpu) $(TRAIN_OVERRIDES)
 
 bench-train: setup
 	$(PY) -m tools.bench_train --shards "$(SHARDS)" --config "$(CONFIG)" $(TRAIN_OVERRIDES)
 
-# evaluation by label propagation (DAVIS-2017 / JHMDB / VIP)
+# one command that exercises the GPU path (loader both read modes, bench-train, DDP on 2 GPUs,
+# label propagation) and writes one JSON and a PNG; exit 2 at once when CUDA cannot start
+GPU_CHECK_OUT ?= data/gpu_check
+gpu-check: setup
+	$(PY) -m tools.gpu_check --out "$(GPU_CHECK_OUT)"
+
+# evaluation: label propagation (TASK=davis|jhmdb|vip, ROOT=benchmark) or action recognition
+# (TASK=ucf101|hmdb51-retrieval|linear|finetune, SHARDS=output of make shards DATA=ucf101|hmdb51,
+# or FEATURES=feats.npz to score given features; key.sub=value overrides pass through)
 CKPT ?=
 TASK ?= davis
 RESULTS ?=
 DEVICE ?=
 EVAL_ARGS ?=
+FEATURES ?=
+BACKBONE ?=
 eval: setup
+ifneq ($(filter %-retrieval %-linear %-finetune,$(TASK)),)
+	$(PY) -m tools.eval_action --task $(TASK) $(if $(FEATURES),--features "$(FEATURES)",--shards "$(SHARDS)") \
+	  $(call opt,ckpt,$(CKPT)) $(call opt,backbone,$(BACKBONE)) $(call opt,device,$(DEVICE)) \
+	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(TRAIN_OVERRIDES) $(EVAL_ARGS)
+else
 	$(PY) -m tools.eval_propagation --task $(TASK) --root "$(ROOT)" $(call opt,ckpt,$(CKPT)) \
 	  $(if $(filter command line,$(origin OUT)),--out "$(OUT)") $(call opt,results,$(RESULTS)) \
 	  $(call opt,device,$(DEVICE)) $(EVAL_ARGS)
+endif
 
 clean:
 	rm -rf data/sample_shards data/sample_kinetics data/demo .pytest_cache

@@ -2,7 +2,8 @@
 
 ``PropagationConfig`` is what the propagator receives; ``EvalConfig`` composes it with the
 dataset/task choices. Defaults are the protocol of CropMAE / videowalk as T-CoRe uses it.
-The device is chosen here and only here (``resolve_device``).
+The device is chosen by ``model.device.resolve_device`` (a CUDA request that cannot be met is
+an error naming the driver and the wheel's CUDA version, never a silent CPU run).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
+from model.device import resolve_device  # the one device choice (auto | cpu | cuda | cuda:N)
 
 Task = Literal["davis", "jhmdb", "vip"]
 
@@ -95,19 +96,6 @@ class EvalConfig:
         if self.input_size is not None and min(self.input_size) < 16:
             raise ValueError(f"input_size: need both sides >= 16, got {self.input_size}")
         resolve_device(self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The one place the evaluation device is chosen: ``auto`` = cuda if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device: '{name}' is not a torch device (use auto, cpu, cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: '{name}' requested but CUDA is not available on this machine")
-    return dev
 
 
 def input_size(task: str, height: int, width: int) -> tuple[int, int]:

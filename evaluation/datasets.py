@@ -51,6 +51,21 @@ def _frames_in(folder: Path) -> list[Path]:
     return frames
 
 
+GENERATED_MARKER = "GENERATED.txt"
+
+
+def mark_generated(root: str | Path, what: str) -> None:
+    """Mark a benchmark tree as generated data (``ROOT/GENERATED.txt`` says what made it)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / GENERATED_MARKER).write_text(what.strip() + "\n")
+
+
+def generated_note(root: str | Path) -> str | None:
+    """What generated the benchmark at ``root`` (its marker's text), or None for real data."""
+    marker = Path(root) / GENERATED_MARKER
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def read_davis(root: str | Path, split: str = "val", resolution: str = "480p") -> list[Video]:
     """DAVIS-2017: JPEGImages/<res>/<seq>/*.jpg, Annotations/<res>/<seq>/*.png, ImageSets/2017/<split>.txt.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation.datasets import write_index_png
+from evaluation.datasets import mark_generated, write_index_png
 
 OBJECT_RGB = np.array([[60, 70, 110], [220, 40, 40], [40, 200, 60]], dtype=np.float32)  # bg, 1, 2
 JOINT_RGB = np.array([[60, 70, 110]] + [[(37 * j) % 256, (91 * j + 80) % 256, (151 * j + 40) % 256]
@@ -65,6 +65,7 @@ def write_davis(root: Path, n_seq: int = 2, T: int = 8, hw: tuple[int, int] = (1
     split = root / "ImageSets" / "2017" / "val.txt"
     split.parent.mkdir(parents=True, exist_ok=True)
     split.write_text("\n".join(names) + "\n")
+    mark_generated(root, "evaluation.synthetic: coloured disc and box; colour alone solves it")
     return root
 
 
@@ -81,6 +82,7 @@ def write_vip(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (128
             Image.fromarray(ids * 5, mode="L").save(ann / f"{t:06d}.png")  # part ids 0, 5, 10
     (root / "lists").mkdir(parents=True, exist_ok=True)
     (root / "lists" / "val_videos.txt").write_text("\n".join(names) + "\n")
+    mark_generated(root, "evaluation.synthetic: coloured disc and box; colour alone solves it")
     return root
 
 
@@ -121,6 +123,7 @@ def write_jhmdb(root: Path, n_seq: int = 2, T: int = 6, hw: tuple[int, int] = (2
         savemat(str(mat), {"pos_img": pos})
         lines.append(rel)
     (root / "val_list.txt").write_text("\n".join(lines) + "\n")
+    mark_generated(root, "evaluation.synthetic: coloured joint dots; colour alone solves it")
     return root
 
 

@@ -6,7 +6,9 @@ shapes for ViT-S/16 and ViT-B/16 are in ``model/tcore_teacher_keys.json``.
 
 Training checkpoints are ``<dir>/ckpt_<step:09d>.pth`` dicts holding ``teacher`` (same layout
 as the export), ``student``, ``optimizer``, ``centres``, ``step`` and ``config``, so
-``load_teacher_backbone`` accepts them as well.
+``load_teacher_backbone`` accepts them as well. ``CheckpointWriter`` writes them without
+stalling training: the caller's thread only copies the state to host memory, a background
+thread does the (atomic, fsynced) write.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +47,44 @@ def teacher_state_dict(backbone: nn.Module, head: nn.Module) -> dict[str, torch.
     return out
 
 
+class _Sink:
+    """A file whose ``write`` remembers its OS error: torch.save's zip writer turns a failed write
+    (full disk, quota) into an unrelated "unexpected pos" RuntimeError."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``; OSError when a write fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no partial file behind
+        raise
 
 
 def export_teacher(backbone: nn.Module, head: nn.Module, path: str | Path) -> None:
@@ -180,6 +211,69 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | Path, step: int, keep
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts, lists, tuples) whose tensors are host copies that later
+    in-place updates of the originals cannot reach. Device tensors are copied into pinned memory
+    without blocking: synchronise the device before reading them."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.clone() if t.device.type == "cpu" else t.to("cpu", non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
+
+
+class CheckpointWriteError(RuntimeError):
+    """A training checkpoint could not be written (full disk, quota, permissions)."""
+
+
+def write_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int) -> Path:
+    """``save_checkpoint``, with an OS error turned into one line naming the file and what to do."""
+    try:
+        return save_checkpoint(state, ckpt_dir, step, keep)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            f"checkpoint {ckpt_dir / f'ckpt_{step:09d}.pth'} could not be written ({exc.strerror or exc}); "
+            f"the earlier ones are whole: free space and re-run the same command to resume") from exc
+
+
+class CheckpointWriter:
+    """Checkpoints written in the background: ``save`` snapshots the state to host memory and
+    returns; a thread writes it (``save_checkpoint``: atomic, keeps the newest ``keep``).
+
+    At most one write is in flight: ``save`` first waits for the previous one. An error of the
+    writer thread (``CheckpointWriteError``) is raised on the caller's thread by the next ``save``,
+    ``wait`` or ``close``.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, keep: int) -> None:
+        self.ckpt_dir, self.keep = Path(ckpt_dir), keep
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight (if any) is on disk; its path, or its error raised here."""
+        fut, self._pending = self._pending, None
+        return fut.result() if fut is not None else None
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        """Snapshot ``state`` (device tensors included) to host memory, then write it in the background."""
+        self.wait()
+        snap = to_host(state)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the pinned copies above have landed
+        self._pending = self._pool.submit(write_checkpoint, snap, self.ckpt_dir, step, self.keep)
+
+    def close(self) -> None:
+        """Wait for the last write (raising its error), then stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 _REQUIRED = ("step", "student", "teacher", "optimizer", "centres")

@@ -8,6 +8,7 @@ weights ``[M]``. Every function returns a float32 scalar and is computed in floa
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,6 +16,40 @@ from torch import Tensor
 def centred_softmax(logits: Tensor, centre: Tensor, temp: float) -> Tensor:
     """Teacher targets ``softmax((logits - centre) / temp)`` over the last dimension."""
     return F.softmax((logits.float() - centre) / temp, dim=-1)
+
+
+def sinkhorn_knopp(logits: Tensor, temp: float, weight: Tensor | None = None, iterations: int = 3) -> Tensor:
+    """Teacher targets by Sinkhorn-Knopp (DINOv2's alternative to centring): ``[N, K]`` rows summing to 1.
+
+    Starting from ``exp(logits / temp)``, alternately make every prototype's total mass over the
+    (global, all ranks) batch equal and every row's mass 1, ``iterations`` times. ``weight [N]``
+    (0/1) drops rows from the batch (padding slots); their targets are returned as zeros.
+    """
+    with _no_autocast(logits):
+        x = logits.float() / temp
+        q = torch.exp(x - _all_reduce_max(x.max()))  # one shift for all rows keeps the same Q
+        if weight is not None:
+            q = q * weight.float()[:, None]
+        rows = _all_reduce_sum(q.new_full((1,), float(q.shape[0])) if weight is None else weight.float().sum().view(1))
+        k = q.shape[1]
+        for _ in range(iterations):
+            q = q / (_all_reduce_sum(q.sum(0, keepdim=True)) * k).clamp(min=1e-30)  # each prototype: 1/K
+            q = q / (q.sum(1, keepdim=True) * rows).clamp(min=1e-30)  # each row: 1/rows
+        return q * rows
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _all_reduce_max(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def _no_autocast(x: Tensor):

@@ -1,7 +1,7 @@
 """AdamW parameter groups: layer-wise lr decay, lr multipliers, no weight decay on biases/norms.
 
 Parameter names are those of the student (``backbone.*``, ``dino_head.*``, ``pmm.*``). Each group
-carries ``lr_mult``, ``wd_mult`` and ``is_last_layer``; ``apply_schedules`` turns the per-iteration
+carries ``lr_mult``, ``wd_mult``, ``is_last_layer`` and ``is_pmm``; ``apply_schedules`` turns the per-iteration
 schedule values into each group's ``lr`` and ``weight_decay``.
 """
 
@@ -34,7 +34,9 @@ def param_multipliers(name: str, depth: int, layerwise_decay: float, patch_embed
         lr_mult *= patch_embed_lr_mult
     if name.startswith("pmm."):
         lr_mult *= pmm_lr_mult
-    no_wd = name.endswith("bias") or "norm" in name or "gamma" in name
+    # the reference's rule: "<...>.bias", norms and LayerScale gammas are not decayed; the PMM's
+    # nn.MultiheadAttention "in_proj_bias" (no dot before "bias") is
+    no_wd = name.endswith(".bias") or "norm" in name or "gamma" in name
     return lr_mult, 0.0 if no_wd else 1.0, "last_layer" in name
 
 
@@ -46,8 +48,9 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], depth: int, layerwis
         if not p.requires_grad:
             continue
         key = param_multipliers(name, depth, layerwise_decay, patch_embed_lr_mult, pmm_lr_mult)
+        key = (*key, name.startswith("pmm."))
         g = groups.setdefault(key, {"params": [], "names": [], "lr_mult": key[0], "wd_mult": key[1],
-                                    "is_last_layer": key[2]})
+                                    "is_last_layer": key[2], "is_pmm": key[3], "pmm_lr_mult": pmm_lr_mult})
         g["params"].append(p)
         g["names"].append(name)
     return list(groups.values())
@@ -59,8 +62,18 @@ def build_adamw(groups: list[dict], fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(opt_groups, lr=0.0, betas=(0.9, 0.999), weight_decay=0.0, fused=fused or None)
 
 
-def apply_schedules(opt: torch.optim.Optimizer, lr: float, last_layer_lr: float, wd: float) -> None:
-    """Set every group's ``lr`` and ``weight_decay`` from the schedule values."""
+def apply_schedules(opt: torch.optim.Optimizer, lr: float, last_layer_lr: float, wd: float,
+                    released_lr_groups: bool = False) -> None:
+    """Set every group's ``lr`` and ``weight_decay`` from the schedule values.
+
+    ``released_lr_groups`` reproduces the T-CoRe training code as released in March 2025, where a
+    later assignment gave every group but the PMM's the plain ``lr``: no layer-wise decay, no
+    patch-embedding multiplier and no prototype freeze (the PMM keeps ``lr × pmm_lr_mult``). The
+    October 2025 fix, and the default here, apply them.
+    """
     for g in opt.param_groups:
-        g["lr"] = (last_layer_lr if g["is_last_layer"] else lr) * g["lr_mult"]
+        if released_lr_groups:
+            g["lr"] = lr * g["pmm_lr_mult"] if g["is_pmm"] else lr
+        else:
+            g["lr"] = (last_layer_lr if g["is_last_layer"] else lr) * g["lr_mult"]
         g["weight_decay"] = wd * g["wd_mult"]

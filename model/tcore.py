@@ -48,9 +48,11 @@ def views_from_batch(batch: dict, dtype: torch.dtype | None = None) -> Views:
 def build_backbone(cfg: ModelConfig, device: torch.device | str | None = None) -> TCoReViT:
     """The configured ViT (``arch`` factory + overrides)."""
     kwargs = dict(img_size=cfg.img_size, num_registers=cfg.num_register_tokens, layerscale_init=cfg.layerscale,
-                  drop_path=cfg.drop_path_rate, device=device)
-    if cfg.depth > 0:
-        kwargs["depth"] = cfg.depth
+                  drop_path=cfg.drop_path_rate, pos_antialias=cfg.pos_embed_antialias, device=device)
+    for key in ("depth", "embed_dim", "num_heads"):
+        if getattr(cfg, key) > 0:
+            kwargs[key] = getattr(cfg, key)
+    kwargs["patch_size"] = cfg.patch_size
     return ARCHS[cfg.arch](**kwargs)
 
 
@@ -63,8 +65,9 @@ class TCoReStudent(nn.Module):
         self.backbone = build_backbone(cfg, device)
         dim = self.backbone.embed_dim
         self.dino_head = DINOHead(dim, cfg.head_n_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
-                                  device=device)
-        self.pmm = PatchMatchingModule(dim, cfg.pmm_heads, cfg.pmm_cross_scale).to(device)
+                                  device=device, last_layer_init=cfg.head_last_layer_init)
+        self.pmm = PatchMatchingModule(dim, cfg.pmm_heads, cfg.pmm_cross_scale, cfg.pmm_init,
+                                       cfg.pmm_ln_eps).to(device)
 
     def forward(self, views: Views, mb: MaskBatch, teacher_cls: Tensor, teacher_patch: Tensor) -> dict[str, Tensor]:
         """Loss terms (unweighted) and ``loss`` (weighted total).

@@ -11,9 +11,10 @@ import copy
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.losses import centred_softmax
+from model.losses import centred_softmax, sinkhorn_knopp
 from model.masks import MaskBatch
 
 
@@ -23,11 +24,36 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy (nats) of each row of ``[N, K]`` probabilities."""
+    p = p.float()
+    return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
+
+
+def collapse_stats(targets: Tensor, cls_tokens: Tensor, patch_targets: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Collapse monitors, as float32 scalars (no host synchronisation).
+
+    ``stat_teacher_entropy``: mean entropy (nats) of the teacher's class-token targets ``[C, K]``;
+    it tends to ln K when the targets turn uniform, to 0 when one prototype takes every input.
+    ``stat_patch_entropy``: the same for the masked-patch targets ``[M, K]`` (valid slots only).
+    ``stat_cls_std``: std over the batch of the L2-normalised class tokens ``[C, D]``, averaged
+    over dimensions (about 1/sqrt(D) for well-spread features, towards 0 when they collapse).
+    """
+    z = F.normalize(cls_tokens.float(), dim=-1)
+    patch = (_entropy(patch_targets) * valid).sum() / valid.sum().clamp(min=1.0)
+    return {"stat_teacher_entropy": _entropy(targets).mean(), "stat_patch_entropy": patch,
+            "stat_cls_std": z.std(dim=0).mean()}
+
+
 class Teacher(nn.Module):
     """EMA copy of the student's backbone and head, plus the two centres."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, n_prototypes: int, centre_momentum: float) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, n_prototypes: int, centre_momentum: float,
+                 centering: str = "centre") -> None:
         super().__init__()
+        if centering not in ("centre", "sinkhorn"):
+            raise ValueError(f"model.centering must be 'centre' or 'sinkhorn', got {centering!r}")
+        self.centering = centering
         self.backbone = copy.deepcopy(backbone).eval()
         self.dino_head = copy.deepcopy(head).eval()
         for p in self.parameters():
@@ -51,23 +77,31 @@ class Teacher(nn.Module):
         torch._foreach_add_(t, [p.detach() for p in s], alpha=1.0 - momentum)
 
     @torch.no_grad()
-    def forward(self, globals_: Tensor, slot_crop: Tensor, slot_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Float32 head logits of the class tokens ``[C, K]`` and of the masked slots ``[M, K]``."""
+    def forward(self, globals_: Tensor, slot_crop: Tensor, slot_pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Float32 head logits of the class tokens ``[C, K]`` and of the masked slots ``[M, K]``,
+        and the final-norm class tokens ``[C, D]``."""
         feats = self.backbone.forward_features(globals_)
         patch = feats["patch"][slot_crop, slot_pos]  # [M, D]
         logits = self.dino_head(torch.cat([feats["cls"], patch], dim=0)).float()
         c = feats["cls"].shape[0]
-        return logits[:c], logits[c:]
+        return logits[:c], logits[c:], feats["cls"]
 
     @torch.no_grad()
-    def targets(self, globals_: Tensor, mb: MaskBatch, n_views: int, temp: float) -> tuple[Tensor, Tensor]:
-        """Centred targets for class tokens ``[G, B, K]`` and masked patches ``[M, K]``; updates centres."""
-        cls_logits, patch_logits = self(globals_, mb.slot_crop, mb.slot_pos)
+    def targets(self, globals_: Tensor, mb: MaskBatch, n_views: int, temp: float
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Centred targets for class tokens ``[G, B, K]`` and masked patches ``[M, K]``, and collapse
+        statistics (``collapse_stats``); updates the centres."""
+        cls_logits, patch_logits, cls_tokens = self(globals_, mb.slot_crop, mb.slot_pos)
         c = cls_logits.shape[0]
-        cls_t = centred_softmax(cls_logits, self.cls_centre, temp).view(n_views, c // n_views, -1)
-        patch_t = centred_softmax(patch_logits, self.patch_centre, temp)
+        if self.centering == "sinkhorn":
+            cls_t = sinkhorn_knopp(cls_logits, temp)
+            patch_t = sinkhorn_knopp(patch_logits, temp, weight=mb.slot_valid)
+        else:
+            cls_t = centred_softmax(cls_logits, self.cls_centre, temp)
+            patch_t = centred_softmax(patch_logits, self.patch_centre, temp)
+        stats = collapse_stats(cls_t, cls_tokens, patch_t, mb.slot_valid)
         self.update_centres(cls_logits, patch_logits, mb.slot_valid)
-        return cls_t, patch_t
+        return cls_t.view(n_views, c // n_views, -1), patch_t, stats
 
     @torch.no_grad()
     def update_centres(self, cls_logits: Tensor, patch_logits: Tensor, valid: Tensor) -> None:

@@ -9,7 +9,8 @@ state dict keys are ``cls_token``, ``pos_embed``, ``register_tokens``, ``mask_to
 ``patch_embed.*``, ``blocks.*``, ``norm.*``:
 
 - ``pos_embed`` covers the class token and the patch grid of ``img_size`` (no entry for the
-  registers) and is bicubically resized to the grid of any other input size;
+  registers) and is bicubically resized (with antialias, as the reference) to the grid of any other
+  input size;
 - register tokens are inserted between the class token and the patches, after the
   position embedding;
 - a learnable ``mask_token`` replaces masked patch embeddings before the position embedding;
@@ -41,6 +42,7 @@ class TCoReViT(VisionTransformer):
         num_registers: int = 4,
         layerscale_init: float = 1e-5,
         drop_path: float = 0.0,
+        pos_antialias: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(
@@ -61,6 +63,7 @@ class TCoReViT(VisionTransformer):
         )
         self.patch_size = patch_size
         self.img_size = img_size
+        self.pos_antialias = pos_antialias
         self.num_registers = num_registers
         self.num_prefix_tokens = 1 + num_registers
         if num_registers > 0:
@@ -83,7 +86,7 @@ class TCoReViT(VisionTransformer):
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         dim = pos.shape[-1]
         grid = patch_pos.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=self.pos_antialias)
         patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos.dtype)
         return torch.cat([cls_pos, patch_pos], dim=1)
 

@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from shards.action_sources import ACTION_DATA, discover_action, write_action_tables
 from shards.card import unused_files
 from shards.config import ShardsConfig
 from shards.job import run_job
@@ -18,6 +19,7 @@ from shards.sources import discover
 from shards.storage import Output
 
 DEFAULT_SAMPLE_ROOT = "data/sample_kinetics"
+ACTION_FPS, ACTION_SIZE = 0.0, 128  # UCF101/HMDB51 defaults: every source frame, 128 short side (128x171 clips)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     """Flags -> a validated ShardsConfig (ValueError on a bad value)."""
     d = ShardsConfig()
     p = _Parser(prog="python -m shards", description="Video collection -> frame-indexed WebDataset shards.")
-    p.add_argument("--data", choices=["kinetics", "folder", "sample"], default=d.data)
+    p.add_argument("--data", choices=["kinetics", "folder", "sample", *ACTION_DATA], default=d.data)
     p.add_argument("--root", default=None, help="collection root (DATA=sample: where the sample tree is built)")
     p.add_argument("--out", default=d.out, help="local path or fsspec URL (file://, s3://, gs://, ...)")
     p.add_argument("--stage", default=d.stage,
@@ -42,8 +44,10 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
                         "shards-stage-<hash of OUT> (default: the system temp dir)")
     p.add_argument("--csv", type=_csv_list, default=[], help="annotation CSV(s), comma separated")
     p.add_argument("--splits", type=_csv_list, default=[], help="splits to shard (default: all found)")
-    p.add_argument("--fps", type=float, default=d.fps, help="output frame rate; 0 keeps the source rate")
-    p.add_argument("--size", type=int, default=d.size, help="short side in pixels")
+    p.add_argument("--fps", type=float, default=None,
+                   help=f"output frame rate; 0 keeps the source rate (default {d.fps:g}; ucf101/hmdb51: {ACTION_FPS:g})")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"short side in pixels (default {d.size}; ucf101/hmdb51: {ACTION_SIZE})")
     p.add_argument("--quality", type=int, default=d.quality, help="JPEG quality")
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0: all cores)")
     p.add_argument("--shard-mb", type=float, default=d.shard_mb, help="target shard size in MB")
@@ -58,6 +62,14 @@ def parse_args(argv: list[str] | None) -> ShardsConfig:
     p.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="reruns of a shard task whose worker process (or Ray node) died")
     a = p.parse_args(argv)
+    action = a.data in ACTION_DATA
+    if a.fps is None:
+        a.fps = ACTION_FPS if action else d.fps
+    if a.size is None:
+        a.size = ACTION_SIZE if action else d.size
+    if action and a.splits:
+        raise ValueError(f"SPLITS: DATA={a.data} shards every video once and records all three official "
+                         "splits in split_roles.parquet; leave SPLITS empty")
     if a.ray_address is None:
         a.ray_address = os.environ.get("RAY_ADDRESS", "") if a.engine == "ray" else ""
     cfg = ShardsConfig(
@@ -93,10 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(argv)
         if cfg.data == "sample":
             build_sample(cfg.root)
-        splits = discover("kinetics" if cfg.data == "sample" else cfg.data, cfg.root, cfg.csv, cfg.splits, cfg.limit)
+        action = discover_action(cfg.data, cfg.root, cfg.limit) if cfg.data in ACTION_DATA else None
+        if action is not None:
+            splits = [action.sources]
+        else:
+            splits = discover("kinetics" if cfg.data == "sample" else cfg.data, cfg.root, cfg.csv, cfg.splits, cfg.limit)
         if not splits:
             raise ValueError(f"ROOT {cfg.root}: no splits found")
         card = run_job(cfg, splits, console=console)
+        if action is not None:
+            write_action_tables(Output.open(cfg.out, cfg.stage), action)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

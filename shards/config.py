@@ -16,7 +16,7 @@ OUTPUT_SETTINGS = ("data", "fps", "size", "quality", "shard_mb", "max_per_shard"
 class ShardsConfig:
     """What to read, how to encode it, and how to cut it into shards."""
 
-    data: Literal["kinetics", "folder", "sample"] = "sample"
+    data: Literal["kinetics", "folder", "sample", "ucf101", "hmdb51"] = "sample"
     root: str | None = None
     out: str = "data/sample_shards"  # a local path or an fsspec URL (s3://bucket/prefix, gs://..., file://...)
     stage: str = ""  # remote OUT: where shards-stage-<hash of OUT> is made ("" : the system temp dir)

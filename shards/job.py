@@ -13,6 +13,7 @@ import io
 import json
 import math
 import statistics
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ from shards import FORMAT_VERSION, __version__
 from shards.config import ShardsConfig
 from shards.encode import ClipRejected, encode_clip, probe_duration
 from shards.engine import Engine, make_engine
+from shards.integrity import CRC_DTYPE, CRC_EXT, FRAME_CHECKSUM, SHARD_DIGEST
 from shards.progress import JobProgress
 from shards.shard import EncodeSettings, ShardTask, atomic_write, shard_is_finished
 from shards.sources import SplitSources
@@ -61,7 +63,8 @@ def make_plan(cfg: ShardsConfig, splits: list[SplitSources], settings: EncodeSet
     per_shard = max(1, math.floor(cfg.shard_mb * 2**20 / per_clip))
     if cfg.max_per_shard:
         per_shard = min(per_shard, cfg.max_per_shard)
-    plan: dict[str, Any] = {"settings": cfg.output_settings(), "clips_per_shard": per_shard, "splits": {}}
+    plan: dict[str, Any] = {"format_version": FORMAT_VERSION, "settings": cfg.output_settings(),
+                            "clips_per_shard": per_shard, "splits": {}}
     for src in splits:
         groups = [src.clips[i : i + per_shard] for i in range(0, len(src.clips), per_shard)]
         plan["splits"][src.split] = [
@@ -80,11 +83,16 @@ def write_file(output: Output, rel: str, data: bytes) -> None:
 
 def load_or_make_plan(cfg: ShardsConfig, output: Output, splits: list[SplitSources],
                       settings: EncodeSettings) -> dict:
-    """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one."""
+    """Reuse OUT/plan.json when resuming (same settings and sources), else make and save one. An OUT
+    planned for an older format keeps its plan, and every shard is rewritten in this format."""
     out = output.display()
     saved = output.read_bytes("plan.json")
     if saved is not None:
         plan = json.loads(saved)
+        version = plan.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"OUT {out} holds shard format v{version}, newer than this sharder's "
+                             f"v{FORMAT_VERSION}; use a new OUT or the newer sharder")
         if plan.get("settings") != cfg.output_settings():
             raise ValueError(
                 f"OUT {out} was written with other settings ({plan.get('settings')}); use a new OUT or remove it"
@@ -93,6 +101,11 @@ def load_or_make_plan(cfg: ShardsConfig, output: Output, splits: list[SplitSourc
             planned = [k for shard in plan["splits"].get(src.split, []) for k in shard["keys"]]
             if planned != [c.key for c in src.clips]:
                 raise ValueError(f"OUT {out}: the clips of split '{src.split}' changed since it was planned; use a new OUT")
+        if version < FORMAT_VERSION:
+            print(f"note: OUT {out} holds format v{version} shards: rewriting every shard as format v{FORMAT_VERSION} "
+                  "(its dataset card is replaced when the job ends)", file=sys.stderr)
+            plan = {"format_version": FORMAT_VERSION, **{k: v for k, v in plan.items() if k != "format_version"}}
+            write_file(output, "plan.json", json.dumps(plan, indent=1).encode())
         return plan
     plan = make_plan(cfg, splits, settings)
     write_file(output, "plan.json", json.dumps(plan, indent=1).encode())
@@ -154,8 +167,10 @@ def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSo
     """Write manifests, labels.json, rejected/missing/skipped tables and the dataset card."""
     card: dict[str, Any] = {
         "format": "frame-indexed-webdataset", "format_version": FORMAT_VERSION, "tool_version": __version__,
-        "settings": cfg.output_settings(), "components": ["mjpeg", "offsets", "json"],
-        "offsets_dtype": "<i8", "num_classes": len(labels), "splits": {},
+        "settings": cfg.output_settings(), "components": ["mjpeg", "offsets", CRC_EXT, "json"],
+        "offsets_dtype": "<i8", "checksums": {"frame": FRAME_CHECKSUM, "frame_member": CRC_EXT,
+                                              "frame_dtype": CRC_DTYPE, "shard": SHARD_DIGEST},
+        "num_classes": len(labels), "splits": {},
     }
     rejected, missing, skipped = [], [], []
     for src in splits:
@@ -166,7 +181,9 @@ def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSo
         skipped += src.skipped
         _write_table(rows, output, f"{src.split}/manifest.parquet", MANIFEST_SCHEMA)
         shard_list = [{"tar": stats[n]["shard"], "index": stats[n]["index"], "samples": stats[n]["samples"],
-                       "bytes": stats[n]["tar_bytes"]} for n in names if stats[n]["samples"]]
+                       "bytes": stats[n]["tar_bytes"], SHARD_DIGEST: stats[n]["tar_sha256"],
+                       f"index_{SHARD_DIGEST}": stats[n]["index_sha256"]}
+                      for n in names if stats[n]["samples"]]
         card["splits"][src.split] = {
             "samples": len(rows), "listed": len(src.clips) + len(src.missing), "found": len(src.clips),
             "missing": len(src.missing), "rejected": sum(stats[n]["rejected"] for n in names),
@@ -183,7 +200,11 @@ def finalize(cfg: ShardsConfig, output: Output, plan: dict, splits: list[SplitSo
 
 
 def label_map(splits: list[SplitSources]) -> dict[str, int]:
-    """One sorted label -> id map shared by all splits (unlabelled clips get -1)."""
+    """One label -> id map shared by all splits (unlabelled clips get -1): the sources' own class
+    order when they give one (UCF101's classInd.txt), else the sorted names."""
+    given = next((s.classes for s in splits if s.classes), None)
+    if given:
+        return {name: i for i, name in enumerate(given)}
     names = sorted({c.label for s in splits for c in s.clips} | {m["label"] for s in splits for m in s.missing})
     return {name: i for i, name in enumerate(n for n in names if n)}
 

@@ -1,14 +1,16 @@
 """One shard task: encode a fixed list of clips and write the shard, its index and stats.
 
-A task writes ``<name>.tar.partial``, then the index, renames the tar into place, and writes
-``<name>.stats.json`` last. The stats file is the "finished" marker: a shard without it is
-redone from scratch on resume, so a half-written shard never looks finished. For a remote OUT
-the same files are written to the staging directory and uploaded in that order
-(:meth:`shards.storage.Output.publish`), so the marker also arrives last.
+A task writes ``<name>.tar.partial`` (hashing it as it goes: format v2 records every frame's
+CRC-32 in a ``<key>.crc`` member and the SHA-256 of the tar and of its index in the stats), then
+the index, renames the tar into place, and writes ``<name>.stats.json`` last. The stats file is
+the "finished" marker: a shard without it is redone from scratch on resume, so a half-written
+shard never looks finished. For a remote OUT the same files are written to the staging
+directory and uploaded in that order (:meth:`shards.storage.Output.publish`), so the marker also arrives last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from typing import Any
 
 from shards import FORMAT_VERSION
 from shards.encode import ClipRejected, EncodedClip, encode_clip
+from shards.integrity import CRC_EXT, HashingWriter, frame_checksums
 from shards.sources import Clip
 from shards.storage import Output
 from shards.tario import ShardTarWriter, index_text
@@ -92,7 +95,8 @@ def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) 
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, str]] = []
     with open(partial, "wb") as fh:
-        writer = ShardTarWriter(fh)
+        hashed = HashingWriter(fh)  # the shard digest, computed as the bytes go out
+        writer = ShardTarWriter(hashed)
         for clip in task.clips:
             try:
                 enc = encode_clip(clip.path, task.settings.size, task.settings.quality,
@@ -107,6 +111,7 @@ def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) 
             writer.write(clip.key, {
                 "mjpeg": enc.mjpeg,
                 "offsets": enc.offsets.tobytes(),
+                CRC_EXT: frame_checksums(enc.mjpeg, enc.offsets).tobytes(),  # right after the offsets
                 "json": json.dumps(meta, sort_keys=True).encode(),
             })
             rows.append({
@@ -119,6 +124,7 @@ def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) 
         writer.close()
         fh.flush()
         os.fsync(fh.fileno())
+    index = index_text(writer.samples).encode()
     stats = {
         "shard": f"{task.name}.tar" if rows else None,
         "index": f"{task.name}.idx" if rows else None,
@@ -128,11 +134,13 @@ def run_shard(task: ShardTask, split_dir: Path, report: Callable[[dict], None]) 
         "frames": sum(r["num_frames"] for r in rows),
         "bytes": sum(r["bytes"] for r in rows),
         "tar_bytes": partial.stat().st_size if rows else 0,
+        "tar_sha256": hashed.hexdigest() if rows else None,
+        "index_sha256": hashlib.sha256(index).hexdigest() if rows else None,
         "rows": rows,
         "rejects": rejects,
     }
     if rows:
-        atomic_write(split_dir / f"{task.name}.idx", index_text(writer.samples).encode())
+        atomic_write(split_dir / f"{task.name}.idx", index)
         os.replace(partial, tar_path)
     else:
         partial.unlink()
@@ -157,5 +165,7 @@ def shard_is_finished(output: Output, split: str, name: str,
         stats = json.loads(output.read_bytes(f"{split}/{name}.stats.json") or b"")
     except (OSError, ValueError):
         return None
+    if stats.get("samples") and "tar_sha256" not in stats:
+        return None  # written in format v1: redone in this format
     whole = sizes.get(f"{name}.tar") == stats.get("tar_bytes") and f"{name}.idx" in sizes
     return stats if whole or not stats.get("samples") else None

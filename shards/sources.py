@@ -41,6 +41,7 @@ class SplitSources:
     clips: list[Clip] = field(default_factory=list)
     missing: list[dict[str, str]] = field(default_factory=list)  # listed, not on disk
     skipped: list[dict[str, str]] = field(default_factory=list)  # on disk, not used: split, source, reason
+    classes: list[str] = field(default_factory=list)  # label names in id order (empty: sorted names)
 
     def count_skipped(self, reason_start: str) -> int:
         """How many skipped files have a reason starting with ``reason_start``."""

@@ -13,6 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 INDEX_VERSION = "v1.2"
 BLOCK = 512
@@ -40,7 +41,7 @@ class Member:
 class ShardTarWriter:
     """Append samples (dicts of extension -> bytes) to a tar; remembers member offsets."""
 
-    def __init__(self, fileobj: io.BufferedWriter):
+    def __init__(self, fileobj: IO[bytes]):
         self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
         self.samples: list[list[Member]] = []
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from shards.cli import main as shards_main
 from shards.sample import build_sample
 from tests.faults.common import TWO_PER_SHARD, output_files, shard_locally
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where CUDA cannot start."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +48,25 @@ def val_test_reference(sample_root: Path, tmp_path_factory: pytest.TempPathFacto
     """Output files of a local run (ENGINE=local, local OUT) with ``TWO_PER_SHARD``: what the Ray
     engine and a remote OUT must reproduce byte for byte."""
     return output_files(shard_locally(sample_root, tmp_path_factory.mktemp("local_ref") / "out", TWO_PER_SHARD))
+
+
+@pytest.fixture(scope="session")
+def action_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The generated UCF101- and HMDB51-layout collections (5 classes, 6 videos each, broken entries)."""
+    from evaluation.action_synthetic import write_hmdb51, write_ucf101
+
+    base = tmp_path_factory.mktemp("action")
+    return {"ucf101": write_ucf101(base / "ucf101"), "hmdb51": write_hmdb51(base / "hmdb51")}
+
+
+@pytest.fixture(scope="session")
+def action_shards(action_roots: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both generated collections sharded at the action defaults (FPS 0, SIZE 128), 8 videos a shard."""
+    out = {}
+    for name, root in action_roots.items():
+        out[name] = tmp_path_factory.mktemp("action_shards") / name
+        code = shards_main(["--data", name, "--root", str(root), "--out", str(out[name]),
+                            "--max-per-shard", "8", "--workers", "2"])
+        if code != 0:
+            raise RuntimeError(f"sharding the generated {name} failed with exit code {code}")
+    return out

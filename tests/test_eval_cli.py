@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,9 @@ def test_cli_davis_then_rescore(data, tmp_path: Path, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["timing"]["frames"] == 12 and run["timing"]["model_fps"] > 0
     printed = capsys.readouterr().out
-    assert "T-CoRe ViT-S/16" in printed and "64.7" in printed and "this run" in printed
+    # generated data: no paper rows beside the score, and the table says so
+    assert "GENERATED" in printed and "64.7" not in printed and "this run" in printed
+    assert run["generated_data"].startswith("evaluation.synthetic")
     # the written results folder scores the same without a model
     again = tmp_path / "again"
     assert main(["--task", "davis", "--root", str(data["davis"]), "--results", str(out / "results"),
@@ -87,6 +90,15 @@ def test_cli_davis_then_rescore(data, tmp_path: Path, capsys):
                  "--results", str(data["davis"] / "Annotations" / "480p"), "--out", str(gt)]) == 0
     perfect = json.loads((gt / "summary.json").read_text())
     assert perfect["J&F-Mean"] == 1.0 and perfect["J-Decay"] == 0.0
+    # a tree without the marker counts as real data: the paper's rows are printed beside it
+    real = tmp_path / "real_layout"
+    shutil.copytree(data["davis"], real)
+    (real / "GENERATED.txt").unlink()
+    capsys.readouterr()
+    assert main(["--task", "davis", "--root", str(real), "--results", str(out / "results"),
+                 "--out", str(tmp_path / "real_out")]) == 0
+    printed = capsys.readouterr().out
+    assert "T-CoRe ViT-S/16" in printed and "64.7" in printed and "GENERATED" not in printed
 
 
 def test_cli_jhmdb_and_vip(data, tmp_path: Path):

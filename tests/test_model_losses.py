@@ -134,9 +134,9 @@ def test_bf16_autocast_keeps_losses_float32():
     te = Teacher(s.backbone, s.dino_head, 64, 0.9)
     views = Views(torch.randn(8, 3, 32, 32), torch.randn(8, 3, 16, 16), torch.randn(8, 3, 32, 32),
                   torch.randn(8, 3, 32, 32), 2, 2)
-    mb = make_masks(8, (2, 2), prob=0.5, ratio_min_max=(0.1, 0.5), min_block=1, max_block_ratio=0.5,
-                    aspect=(0.3, 3.3), rounds=8, generator=torch.Generator().manual_seed(0), device="cpu")
-    t_cls, t_patch = te.targets(views.current_global, mb, 2, 0.04)
+    mb = make_masks(8, (2, 2), 0, prob=0.5, ratio_min_max=(0.1, 0.5), min_block=1, max_block_ratio=0.5,
+                    aspect=(0.3, 3.3))
+    t_cls, t_patch, _ = te.targets(views.current_global, mb, 2, 0.04)
     ref = s(views, mb, t_cls, t_patch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = s(views, mb, t_cls, t_patch)
@@ -144,3 +144,36 @@ def test_bf16_autocast_keeps_losses_float32():
         assert v.dtype == torch.float32 and torch.isfinite(v), k
     assert torch.allclose(out["loss_dino"], ref["loss_dino"], rtol=0.05)
     out["loss"].backward()
+
+
+def test_pmm_matches_the_reference_block_layout():
+    """PyTorch-default init and eps, nn.MultiheadAttention semantics: h1 = LN(4·MHA(q, a, a) + q), ..."""
+    from model.pmm import PatchMatchingModule
+
+    torch.manual_seed(0)
+    pmm = PatchMatchingModule(32, 4, 4.0).eval()
+    assert pmm.norm1.eps == 1e-5 and torch.count_nonzero(pmm.cross_attn.in_proj_bias) == 0
+    q, a = torch.randn(2, 6, 32), torch.randn(2, 5, 32)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    mha.load_state_dict(pmm.cross_attn.state_dict())
+    h1 = torch.nn.functional.layer_norm(4.0 * mha(q, a, a)[0] + q, (32,), pmm.norm1.weight, pmm.norm1.bias)
+    mha.load_state_dict(pmm.self_attn.state_dict())
+    h2 = torch.nn.functional.layer_norm(mha(h1, h1, h1)[0] + h1, (32,), pmm.norm2.weight, pmm.norm2.bias)
+    want = torch.nn.functional.layer_norm(pmm.linear(h2) + h2, (32,), pmm.norm3.weight, pmm.norm3.bias)
+    assert torch.allclose(pmm(q, a), want, atol=1e-5)
+
+
+def test_sinkhorn_targets_equalise_prototypes_over_the_batch():
+    from model.losses import sinkhorn_knopp
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 16)
+    q = sinkhorn_knopp(logits, 0.1, iterations=100)
+    assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-5)
+    assert torch.allclose(q.sum(0), torch.full((16,), 4.0), atol=1e-3)  # 64 rows / 16 prototypes
+    valid = (torch.arange(64) < 40).float()  # padding rows drop out of the batch
+    q = sinkhorn_knopp(logits, 0.1, weight=valid, iterations=100)
+    assert torch.count_nonzero(q[40:]) == 0 and torch.allclose(q[:40].sum(0), torch.full((16,), 2.5), atol=1e-2)
+    # a logit shared by all rows changes nothing (SK, like centring, removes what every input shares)
+    assert torch.allclose(sinkhorn_knopp(logits + torch.randn(1, 16), 0.1, iterations=3),
+                          sinkhorn_knopp(logits, 0.1, iterations=3), atol=1e-5)

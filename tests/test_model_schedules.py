@@ -85,11 +85,13 @@ def test_param_groups_multipliers():
     assert by_name["backbone.blocks.1.mlp.fc1.weight"]["lr_mult"] == pytest.approx(0.9 ** (d - 1))
     assert by_name["backbone.norm.weight"]["lr_mult"] == pytest.approx(1.0)
     assert by_name["dino_head.mlp.0.weight"]["lr_mult"] == pytest.approx(1.0)
-    assert by_name["pmm.cross_attn.q.weight"]["lr_mult"] == pytest.approx(0.1)
+    assert by_name["pmm.cross_attn.in_proj_weight"]["lr_mult"] == pytest.approx(0.1)
     for name in ("backbone.blocks.0.attn.qkv.bias", "backbone.blocks.0.norm1.weight", "backbone.norm.bias",
-                 "backbone.blocks.1.ls1.gamma", "pmm.norm2.weight"):
+                 "backbone.blocks.1.ls1.gamma", "pmm.norm2.weight", "pmm.cross_attn.out_proj.bias"):
         assert by_name[name]["wd_mult"] == 0.0, name
-    assert by_name["backbone.blocks.0.attn.qkv.weight"]["wd_mult"] == 1.0
+    # the reference's name rule ("<...>.bias") decays nn.MultiheadAttention's in_proj_bias
+    for name in ("backbone.blocks.0.attn.qkv.weight", "pmm.cross_attn.in_proj_bias", "pmm.self_attn.in_proj_weight"):
+        assert by_name[name]["wd_mult"] == 1.0, name
     assert by_name["dino_head.last_layer.weight_v"]["is_last_layer"]
     assert not by_name["dino_head.mlp.4.weight"]["is_last_layer"]
 
@@ -98,3 +100,8 @@ def test_param_groups_multipliers():
     for g in opt.param_groups:
         want_lr = 0.0 if g["is_last_layer"] else g["lr_mult"]
         assert math.isclose(g["lr"], want_lr) and math.isclose(g["weight_decay"], 0.5 * g["wd_mult"])
+    # the code as released: plain lr everywhere but the PMM (no decay, no x0.2, no frozen prototypes)
+    apply_schedules(opt, lr=1.0, last_layer_lr=0.0, wd=0.5, released_lr_groups=True)
+    for g in opt.param_groups:
+        assert math.isclose(g["lr"], 0.1 if g["is_pmm"] else 1.0)
+        assert math.isclose(g["weight_decay"], 0.5 * g["wd_mult"])

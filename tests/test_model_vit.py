@@ -109,3 +109,25 @@ def test_mismatch_lists_offending_keys(tmp_path):
     torch.save({"student": {}}, tmp_path / "none.pth")
     with pytest.raises(ValueError, match="no 'teacher' entry"):
         load_teacher_backbone(tmp_path / "none.pth")
+
+
+def test_pos_embed_resize_is_antialiased_bicubic_like_the_reference():
+    torch.manual_seed(0)
+    m = vit_tiny(depth=1, img_size=224)  # 14x14 grid
+    grid = m.pos_embed[:, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    want = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", antialias=True)
+    got = m.interpolate_pos_embed(6, 6)[:, 1:].reshape(1, 6, 6, -1).permute(0, 3, 1, 2)
+    assert torch.allclose(got, want, atol=1e-6)
+    plain = vit_tiny(depth=1, img_size=224, pos_antialias=False)
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(plain.interpolate_pos_embed(6, 6), m.interpolate_pos_embed(6, 6), atol=1e-4)
+
+
+def test_prototype_layer_init_matches_nn_linear_default():
+    torch.manual_seed(0)
+    head = DINOHead(64, 4096, 128, 256)
+    rows = head.last_layer.weight_v.norm(dim=1)
+    assert 0.55 < rows.mean() < 0.60  # nn.Linear default: U(±1/sqrt(256)) -> row norm sqrt(256/3)/16
+    assert torch.equal(head.last_layer.weight_g, torch.ones(4096, 1))
+    small = DINOHead(64, 4096, 128, 256, last_layer_init="trunc_normal").last_layer.weight_v.norm(dim=1)
+    assert 0.30 < small.mean() < 0.34

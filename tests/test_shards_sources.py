@@ -48,7 +48,7 @@ def run(args: list[str]) -> int:
 
 def test_sample_outputs_account_for_every_clip(sample_shards: Path) -> None:
     card = json.loads((sample_shards / "dataset.json").read_text())
-    assert card["format_version"] == 1
+    assert card["format_version"] == 2
     train = card["splits"]["train"]
     assert train["missing"] == 2 and train["rejected"] == 5
     assert train["found"] == train["samples"] + train["rejected"]

@@ -34,7 +34,7 @@ def _records(out: Path) -> dict[int, dict]:
 
 def test_one_step_moves_student_teacher_and_centres():
     cfg = load_config(RunConfig, PRESET, ["train.batch_size_per_gpu=4"])
-    st = build_state(cfg, setup_distributed(), iters_per_epoch=20)
+    st = build_state(cfg, setup_distributed("cpu"), iters_per_epoch=20)
     batch = synthetic_batch(4, cfg.pipeline.num_local, cfg.pipeline.global_size, cfg.pipeline.local_size)
     before = [p.clone() for p in st.student.parameters()]
     t_before = [p.clone() for p in st.teacher.parameters()]
@@ -112,7 +112,8 @@ def test_two_gloo_processes_stay_in_sync(sample_shards, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "tools.train", "--shards", str(sample_shards), "--config", PRESET, "--out", str(out),
-           "train.batch_size_per_gpu=4", "train.max_steps=4", "train.log_every=2", "train.tensorboard=false"]
+           "train.device=cpu", "train.batch_size_per_gpu=4", "train.max_steps=4", "train.log_every=2",
+           "train.tensorboard=false"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -120,3 +121,4 @@ def test_two_gloo_processes_stay_in_sync(sample_shards, tmp_path):
     a, b = summary["param_checksums"]
     assert a == b  # identical student parameters on both ranks after 4 DDP steps
     assert sorted(_records(out)) == [2, 4] and (out / "teacher.pth").is_file()
+    assert "on 2 x cpu (train.device=cpu)" in res.stdout

@@ -6,13 +6,18 @@ Every method uses one decoder thread per process, so "per worker" means per core
   does and writes nothing; the sharder's own overhead is the difference to WORKERS=1;
 - the sharder with 1 worker and with all workers (whole jobs, planning included);
 - the common practice: ``ffmpeg`` re-encoding each clip to 256-short-side H.264, one process;
-- bytes per clip-second and PSNR against the resized source frames for a grid of fps/quality.
+- bytes per clip-second and PSNR against the resized source frames for a grid of fps/quality;
+- what format v2's checksums cost: the CPU time of the per-frame CRC-32 and the per-shard SHA-256
+  (timed on the WORKERS=1 output held in memory) as a share of the WORKERS=1 job, and the bytes
+  the ``.crc`` members add to the tars; and how fast ``inspect --verify`` (every checksum, every
+  frame decoded, one process) and ``--verify --quick`` (digests only) check that output.
 Figures are medians of ``--repeats`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -29,11 +34,15 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from shards.card import read_card
 from shards.config import ShardsConfig
 from shards.encode import ClipRejected, encode_clip
+from shards.inspect import verify
+from shards.integrity import frame_checksums
 from shards.job import run_job
 from shards.sample import build_sample
 from shards.sources import discover
+from shards.tario import BLOCK, read_index
 
 
 def bench_clips(sample_root: Path, work: Path, copies: int) -> Path:
@@ -107,6 +116,65 @@ def quality_grid(paths: list[str], size: int) -> list[dict]:
     return rows
 
 
+def checksum_costs(out: Path) -> dict[str, float]:
+    """CPU seconds of format v2's checksums on a finished output (tars read into memory first, so
+    only hashing is timed), and the bytes its ``.crc`` members take in the tars."""
+    card = read_card(out)
+    crc_s = sha_s = 0.0
+    tar_bytes = crc_bytes = frames = 0
+    for split, s in card["splits"].items():
+        for shard in s["shards"]:
+            tar = out / split / shard["tar"]
+            data, index = tar.read_bytes(), (out / split / shard["index"]).read_bytes()
+            t = time.perf_counter()
+            hashlib.sha256(data).hexdigest()
+            hashlib.sha256(index).hexdigest()
+            sha_s += time.perf_counter() - t
+            tar_bytes += len(data)
+            for sample in read_index(out / split / shard["index"]):
+                m = {x.ext: x for x in sample}
+                offsets = np.frombuffer(data[m["offsets"].offset:m["offsets"].offset + m["offsets"].size], "<i8")
+                mjpeg = data[m["mjpeg"].offset:m["mjpeg"].offset + m["mjpeg"].size]
+                t = time.perf_counter()
+                frame_checksums(mjpeg, offsets)
+                crc_s += time.perf_counter() - t
+                frames += len(offsets) - 1
+                crc_bytes += BLOCK + -(-m["crc"].size // BLOCK) * BLOCK  # its header and its padded data
+    return {"crc_s": crc_s, "sha256_s": sha_s, "tar_bytes": tar_bytes, "crc_member_bytes": crc_bytes,
+            "frames": frames}
+
+
+def verify_speed(out: Path) -> dict[str, float]:
+    """Seconds of ``inspect --verify`` (one process) and ``--verify --quick`` on a finished output."""
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    verify(str(out), quiet, workers=1)  # warm-up: imports the decoder, fills the page cache
+    t = time.perf_counter()
+    assert not verify(str(out), quiet, workers=1)
+    full = time.perf_counter() - t
+    t = time.perf_counter()
+    assert not verify(str(out), quiet, quick=True, workers=1)
+    return {"verify_s": full, "quick_s": time.perf_counter() - t}
+
+
+def integrity_table(costs: list[dict], speeds: list[dict], sharder_s: float) -> Table:
+    """The checksum rows of the bench (medians over repeats)."""
+    med = {k: statistics.median(c[k] for c in costs) for k in costs[0]}
+    fast = {k: statistics.median(v[k] for v in speeds) for k in speeds[0]}
+    t = Table(title="format v2 checksums: cost in the sharder, and verification speed (median)")
+    for col in ("what", "figure"):
+        t.add_column(col, justify="left" if col == "what" else "right")
+    t.add_row("CRC-32 of every frame", f"{med['crc_s'] * 1e3:.1f} ms "
+              f"({med['tar_bytes'] / max(med['crc_s'], 1e-9) / 1e9:.1f} GB/s)")
+    t.add_row("SHA-256 of every tar and index", f"{med['sha256_s'] * 1e3:.1f} ms")
+    t.add_row("both, share of the WORKERS=1 job", f"{(med['crc_s'] + med['sha256_s']) / sharder_s:.3%}")
+    t.add_row(".crc members, share of tar bytes", f"{med['crc_member_bytes'] / med['tar_bytes']:.3%} "
+              f"({med['crc_member_bytes'] / 2**10:.0f} of {med['tar_bytes'] / 2**20:.1f} MiB)")
+    t.add_row("inspect --verify, 1 process", f"{med['frames'] / fast['verify_s']:.0f} frames/s, "
+              f"{med['tar_bytes'] / 2**20 / fast['verify_s']:.1f} MiB/s")
+    t.add_row("inspect --verify --quick, 1 process", f"{med['tar_bytes'] / 2**20 / fast['quick_s']:.0f} MiB/s")
+    return t
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench_shards", description=__doc__.splitlines()[0])
     p.add_argument("--sample-root", default="data/sample_kinetics")
@@ -125,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                 any(k in x.parent.name.replace("_", " ") for k in ("riding a bike", "animated animals", "talking on phone"))]
         results: dict[str, list[float]] = {"plain": [], "sharder_1": [], f"sharder_{workers}": [], "ffmpeg": []}
         out_bytes = 0
+        costs, speeds = [], []
         for r in range(a.repeats):
             console.print(f"repeat {r + 1}/{a.repeats} on {len(paths)} clips")
             secs, out_bytes = plain_loop(paths, cfg)
             results["plain"].append(secs)
             results["sharder_1"].append(sharder(tree, work / "o1", cfg, 1))
+            costs.append(checksum_costs(work / "o1"))
+            speeds.append(verify_speed(work / "o1"))
             results[f"sharder_{workers}"].append(sharder(tree, work / "oN", cfg, workers))
             if shutil.which("ffmpeg"):
                 unique = paths[:: a.copies]
@@ -154,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         g.add_row(str(row["quality"]), f"{row['kb_per_frame']:.1f}", f"{row['psnr_db']:.1f}",
                   *(f"{row[f'kb_per_s_at_{f}fps']:.0f}" for f in (2, 3, 4, 8)))
     console.print(g)
+    console.print(integrity_table(costs, speeds, med["sharder_1"]))
     if a.json:
-        Path(a.json).write_text(json.dumps({"clips": n, "seconds_median": med, "grid": grid,
-                                            "workers": workers}, indent=1))
+        Path(a.json).write_text(json.dumps({"clips": n, "seconds_median": med, "grid": grid, "workers": workers,
+                                            "checksums": costs, "verify": speeds}, indent=1))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, one process per GPU, one or many
 nodes) the group is NCCL on GPUs and gloo on CPUs; ``setup_distributed`` is the one place that
-chooses. Collectives give up after ``timeout`` instead of waiting forever on a dead or hung peer,
+chooses (through ``model.device``: a GPU request never falls back to the CPU). Collectives give up after ``timeout`` instead of waiting forever on a dead or hung peer,
 so a lost node ends the job (or lets ``torchrun --max-restarts`` restart it) in bounded time.
 
 Checkpoints are written by rank 0 into ``output_dir``, which must be on a filesystem every node
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from model.checkpoint import load_latest_checkpoint, read_checkpoint
+from model.device import cuda_diagnosis, cuda_usable, resolve_device
 
 FAULT_STEP_ENV = "TCORE_FAULT_KILL_AT_STEP"
 FAULT_RANK_ENV = "TCORE_FAULT_RANK"
@@ -41,29 +42,44 @@ class Dist:
     local_rank: int
     device: torch.device
 
+    def describe(self, request: str) -> str:
+        """``8 x cuda``, or for the CPU the setting that chose it: ``2 x cpu (train.device=cpu)``."""
+        if self.device.type == "cuda":
+            return f"{self.world} x cuda"
+        return f"{self.world} x cpu (train.device={request}" + (": no usable CUDA)" if request == "auto" else ")")
 
-def setup_distributed(timeout_min: float = 10.0) -> Dist:
-    """CUDA + NCCL when a GPU is visible, else CPU + gloo; init the process group under torchrun.
 
+def setup_distributed(device: str = "auto", timeout_min: float = 10.0) -> Dist:
+    """Resolve ``device`` (``auto | cuda | cpu``), then init the process group under torchrun:
+    NCCL on CUDA, gloo on the CPU.
+
+    A GPU request is a requirement: ``cuda``, or ``auto`` in a job of more than one process, raises
+    ValueError (one line naming CUDA, the driver and the wheel's CUDA version) when CUDA cannot
+    start, before anything is written or any peer is contacted; several CPU processes must say
+    ``cpu``. ``auto`` with one process falls back to the CPU. The ordinal comes from the launcher
+    (``LOCAL_RANK``, or the one GPU ``CUDA_VISIBLE_DEVICES`` leaves visible).
     ``timeout_min`` bounds every collective (and the NCCL watchdog): a peer that died or hangs
     makes the others fail after that long instead of blocking forever.
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    if device == "auto" and world > 1 and not cuda_usable():
+        raise ValueError(f"train.device=auto with {world} processes needs CUDA, which cannot start "
+                         f"({cuda_diagnosis()}); to run them on the CPU say train.device=cpu")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         backend = "nccl"
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
         torch.set_flush_denormal(True)  # tiny EMA/LayerScale values otherwise hit slow denormal paths
     if world > 1 and not dist.is_initialized():
         timeout = datetime.timedelta(minutes=timeout_min)
         dist.init_process_group(backend, store=attempt_store(timeout), rank=rank, world_size=world,
-                                timeout=timeout, device_id=device if device.type == "cuda" else None)
-    return Dist(rank, world, local_rank, device)
+                                timeout=timeout, device_id=dev if dev.type == "cuda" else None)
+    return Dist(rank, world, local_rank, dev)
 
 
 def attempt_store(timeout: datetime.timedelta) -> dist.Store:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.config import EvalConfig, resolve_device
-from evaluation.datasets import read_davis, read_jhmdb, read_vip
+from evaluation.datasets import generated_note, read_davis, read_jhmdb, read_vip
 from evaluation.report import print_report, write_csv, write_json
 from evaluation.runner import run_davis, run_jhmdb, run_vip, score_davis
 from tools.config import config_to_dict, load_config, save_config
@@ -85,9 +85,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
     write_json(out / "summary.json", summary)
     write_csv(out / "per_object.csv", header, rows)
     write_json(out / "run.json", {"ckpt": args.ckpt, "results": args.results, "device": str(device),
+                                  "generated_data": generated_note(cfg.root),
                                   "videos": len(videos), "timing": timing, "config": config_to_dict(cfg)})
     label = "this run" if not args.results else f"results: {Path(args.results).name}"
-    print_report(cfg.task, summary, timing, label)
+    print_report(cfg.task, summary, timing, label, generated=generated_note(cfg.root))
     return summary
 
 

@@ -2,7 +2,8 @@
 
 Runs as one process (CPU or one GPU) or under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``), one process per GPU on one or more nodes, DDP over NCCL (GPU) or gloo (CPU). The
-device is chosen in ``setup_distributed`` only (``tools/distributed.py``). A restarted job (by hand
+device is chosen in ``setup_distributed`` only (``tools/distributed.py``, ``train.device``): a GPU
+request that cannot be met stops the run before anything is written. A restarted job (by hand
 or by ``torchrun --max-restarts``) continues from the newest readable checkpoint, the same on every
 rank. An "epoch" is ``train.iters_per_epoch`` iterations (the schedules' unit); the loader is
 consumed as a stream of its own passes, position ``divmod(step, len(loader))``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import resource
 import sys
@@ -24,9 +26,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.checkpoint import export_teacher, save_checkpoint, teacher_state_dict
+from model.checkpoint import (
+    CheckpointWriteError,
+    CheckpointWriter,
+    export_teacher,
+    teacher_state_dict,
+)
 from model.config import ModelConfig
-from model.masks import make_masks
+from model.masks import MaskMaker, host_masks
 from model.metrics import MetricsLogger
 from model.optim import apply_schedules, build_adamw, param_groups
 from model.schedules import Schedules, scaled_lr
@@ -47,10 +54,11 @@ from tools.distributed import (
 class TrainConfig:
     """Optimisation, schedules, run length, logging and checkpointing (reference names)."""
 
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # cuda is a requirement; auto = cuda if it works (one process)
     batch_size_per_gpu: int = 32
     epochs: int = 400
     iters_per_epoch: int = 1250  # iterations per schedule "epoch"; 0 = one pass of the loader
-    max_steps: int = 0  # stop at this global step (0 = epochs * iters_per_epoch)
+    max_steps: int = -1  # stop at this global step (-1 = epochs * iters_per_epoch; 0 = export the initial teacher)
     output_dir: str = "runs/tcore"
     base_lr: float = 0.002  # peak lr = base_lr * sqrt(total batch / 1024)
     min_lr: float = 1e-6
@@ -62,6 +70,10 @@ class TrainConfig:
     patch_embed_lr_mult: float = 0.2
     pmm_lr_mult: float = 0.1
     freeze_last_layer_epochs: float = 1
+    # true = the T-CoRe code as released (March 2025; the published checkpoints): every non-PMM group
+    # trains at the plain lr (no layer-wise decay, no patch-embedding x0.2, no prototype freeze);
+    # false = the October 2025 fix, which applies them
+    released_lr_groups: bool = False
     momentum_teacher: float = 0.992
     final_momentum_teacher: float = 1.0
     warmup_teacher_temp: float = 0.04
@@ -83,8 +95,8 @@ class TrainConfig:
         """Raise ValueError on values that cannot work."""
         if self.batch_size_per_gpu < 1 or self.epochs < 1 or self.iters_per_epoch < 0:
             raise ValueError("train.batch_size_per_gpu and train.epochs must be >= 1, train.iters_per_epoch >= 0")
-        if self.max_steps < 0 or self.log_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("train.max_steps must be >= 0, train.log_every and train.keep_checkpoints >= 1")
+        if self.max_steps < -1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("train.max_steps must be >= -1, train.log_every and train.keep_checkpoints >= 1")
         if not self.dist_timeout_min > 0:
             raise ValueError(f"train.dist_timeout_min: must be > 0 minutes, got {self.dist_timeout_min}")
 
@@ -110,7 +122,7 @@ class TrainState:
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     sched: Schedules
-    gen: torch.Generator
+    masks: MaskMaker
     step: int = 0
 
 
@@ -119,13 +131,13 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
     tc, mc = cfg.train, cfg.model
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     student = TCoReStudent(mc).to(d.device)
-    teacher = Teacher(student.backbone, student.dino_head, mc.head_n_prototypes, mc.centre_momentum)
+    teacher = Teacher(student.backbone, student.dino_head, mc.head_n_prototypes, mc.centre_momentum, mc.centering)
     groups = param_groups(student.named_parameters(), len(student.backbone.blocks), tc.layerwise_decay,
                           tc.patch_embed_lr_mult, tc.pmm_lr_mult)
     opt = build_adamw(groups, fused=d.device.type == "cuda")
     model: torch.nn.Module = student
     if d.world > 1:
-        model = DDP(student, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+        model = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None,
                     bucket_cap_mb=tc.ddp_bucket_cap_mb, gradient_as_bucket_view=True, broadcast_buffers=False)
     if tc.compile:
         model = torch.compile(model)
@@ -140,7 +152,16 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
         freeze_last_layer_epochs=tc.freeze_last_layer_epochs)
     use_scaler = d.device.type == "cuda" and tc.precision == "fp16"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    return TrainState(cfg, d, student, model, teacher, opt, scaler, sched, torch.Generator(device=d.device))
+    return TrainState(cfg, d, student, model, teacher, opt, scaler, sched, mask_maker(cfg, d))
+
+
+def mask_maker(cfg: RunConfig, d: Dist) -> MaskMaker:
+    """The step's block masks, drawn on the host one step ahead from the step seed."""
+    mc, tc = cfg.model, cfg.train
+    make = functools.partial(host_masks, prob=mc.mask_sample_probability, ratio_min_max=mc.mask_ratio_min_max,
+                             min_block=mc.mask_min_block, max_block_ratio=mc.mask_max_block_ratio,
+                             aspect=mc.mask_block_aspect)
+    return MaskMaker(make, lambda step: step_seed(tc.seed, d.rank, step) + 1, d.device)
 
 
 def autocast(st: TrainState) -> contextlib.AbstractContextManager:
@@ -158,20 +179,17 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
     """One optimisation step; returns detached loss tensors (no host synchronisation here)."""
-    mc, tc, sv = st.cfg.model, st.cfg.train, st.sched.at(step)
-    apply_schedules(st.opt, sv["lr"], sv["last_layer_lr"], sv["wd"])
+    tc, sv = st.cfg.train, st.sched.at(step)
+    apply_schedules(st.opt, sv["lr"], sv["last_layer_lr"], sv["wd"], tc.released_lr_groups)
     torch.manual_seed(step_seed(tc.seed, st.dist.rank, step))
-    st.gen.manual_seed(step_seed(tc.seed, st.dist.rank, step) + 1)
     dtype = None if st.dist.device.type == "cuda" and tc.precision != "fp32" else torch.float32
     views = views_from_batch(batch, dtype)
     p = st.student.backbone.patch_size
     grid = (views.current_global.shape[-2] // p, views.current_global.shape[-1] // p)
-    mb = make_masks(views.current_global.shape[0], grid, prob=mc.mask_sample_probability,
-                    ratio_min_max=mc.mask_ratio_min_max, min_block=mc.mask_min_block,
-                    max_block_ratio=mc.mask_max_block_ratio, aspect=mc.mask_block_aspect,
-                    rounds=mc.mask_rounds, generator=st.gen, device=st.dist.device)
+    with torch.profiler.record_function("masks"):  # built ahead on the host; here one copy
+        mb = st.masks.get(step, views.current_global.shape[0], grid)
     with autocast(st):
-        t_cls, t_patch = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
+        t_cls, t_patch, stats = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
         out = st.model(views, mb, t_cls, t_patch)
     st.opt.zero_grad(set_to_none=True)
     if st.scaler is not None:
@@ -187,7 +205,7 @@ def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, to
     else:
         st.opt.step()
     st.teacher.ema_update(st.student.backbone, st.student.dino_head, sv["momentum"])
-    return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach() for k, v in (out | stats).items()}
 
 
 def checkpoint_state(st: TrainState, batches_per_epoch: int) -> dict[str, Any]:
@@ -246,15 +264,17 @@ def log_window(st: TrainState, acc: dict[str, torch.Tensor], n: int, elapsed: fl
     return rec
 
 
-def save(st: TrainState, out: Path, batches_per_epoch: int) -> None:
-    """Rank 0 writes a checkpoint (atomic, keeps the newest ``keep_checkpoints``)."""
-    if st.dist.rank == 0:
-        save_checkpoint(checkpoint_state(st, batches_per_epoch), out / "checkpoints", st.step,
-                        st.cfg.train.keep_checkpoints)
+def save(st: TrainState, writer: CheckpointWriter | None, batches_per_epoch: int) -> None:
+    """Rank 0 snapshots the state to host memory; the writer puts it on disk in the background
+    (atomic, keeps the newest ``keep_checkpoints``). Other ranks go on at once."""
+    if writer is not None:
+        writer.save(checkpoint_state(st, batches_per_epoch), st.step)
 
 
-def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: int) -> None:
-    """Run steps ``st.step .. stop - 1``, logging every ``log_every`` and checkpointing as configured."""
+def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: int,
+         writer: CheckpointWriter | None) -> None:
+    """Run steps ``st.step .. stop - 1``, logging every ``log_every`` and checkpointing as configured
+    (``writer``: rank 0's, None elsewhere)."""
     tc, nb, ipe = st.cfg.train, len(loader), st.sched.iters_per_epoch
     acc: dict[str, torch.Tensor] = {}
     n, wait, t0, last_ckpt, saved_at = 0, 0.0, time.perf_counter(), time.monotonic(), st.step
@@ -282,10 +302,10 @@ def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: in
             due = (st.step % ipe == 0 or time.monotonic() - last_ckpt > 60 * tc.checkpoint_every_min
                    or (tc.checkpoint_every_steps and st.step % tc.checkpoint_every_steps == 0))
             if due:
-                save(st, out, nb)
+                save(st, writer, nb)
                 last_ckpt, saved_at = time.monotonic(), st.step
     if saved_at != st.step:
-        save(st, out, nb)
+        save(st, writer, nb)
 
 
 def build_run_loader(cfg: RunConfig, shards: str, d: Dist) -> Any:
@@ -302,12 +322,12 @@ class InputError(ValueError):
 
 def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
     """Set up, resume if possible, train to the stop step, export the teacher. Returns a summary."""
-    d = setup_distributed(cfg.train.dist_timeout_min)
-    out = Path(cfg.train.output_dir)
-    try:
+    try:  # an unusable device or bad shards: one line, before anything is written
+        d = setup_distributed(cfg.train.device, cfg.train.dist_timeout_min)
         loader = loader if loader is not None else build_run_loader(cfg, shards, d)
-    except ValueError as exc:  # bad shards: one line naming the file, before anything is written
+    except ValueError as exc:
         raise InputError(str(exc)) from None
+    out = Path(cfg.train.output_dir)
     logger = MetricsLogger(out, enabled=d.rank == 0, tensorboard=cfg.train.tensorboard)
     ipe = cfg.train.iters_per_epoch or len(loader)
     st = build_state(cfg, d, ipe)
@@ -319,14 +339,18 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
             restore(st, ckpt, logger.info)
             logger.info(f"resumed from {ckpt['path']} at step {st.step}")
     total = cfg.train.epochs * ipe
-    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-    logger.info(f"training {cfg.model.arch} on {d.world} x {d.device.type}: steps {st.step} -> {stop} "
+    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps >= 0 else total
+    logger.info(f"training {cfg.model.arch} on {d.describe(cfg.train.device)}: steps {st.step} -> {stop} "
                 f"({ipe} iterations per epoch, {len(loader)} batches per loader pass, "
                 f"batch {cfg.train.batch_size_per_gpu} per process)")
+    writer = CheckpointWriter(out / "checkpoints", cfg.train.keep_checkpoints) if d.rank == 0 else None
     try:
-        loop(st, loader, logger, out, stop)
+        loop(st, loader, logger, out, stop, writer)
     finally:
         logger.close()
+        st.masks.close()
+        if writer is not None:
+            writer.close()  # the last checkpoint is on disk before the export (its error raised here)
     if d.rank == 0:
         export_teacher(st.teacher.backbone, st.teacher.dino_head, out / "teacher.pth")
         logger.info(f"teacher written to {out / 'teacher.pth'}")
@@ -374,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -54,7 +54,7 @@ def assert_finished_shards_are_whole(out: Path) -> int:
             tar = stats_path.parent / stats["shard"]
             samples = check_index_against_tar(stats_path.parent / stats["index"], tar)
             with tarfile.open(tar) as t:
-                assert len(t.getnames()) == 3 * stats["samples"] == 3 * len(samples)
+                assert len(t.getnames()) == 4 * stats["samples"] == 4 * len(samples)  # mjpeg, offsets, crc, json
         finished += 1
     return finished
 

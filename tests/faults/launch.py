@@ -21,9 +21,10 @@ from model.checkpoint import list_checkpoints
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = str(ROOT / "configs" / "tcore_tiny_cpu.yaml")
 STEPS = 40
-# small and fast: 2 clips a batch, a checkpoint every 4 steps, every step logged
-RUN = ["train.batch_size_per_gpu=2", f"train.max_steps={STEPS}", "train.log_every=1", "train.tensorboard=false",
-       "train.checkpoint_every_steps=4", "train.keep_checkpoints=3"]
+# small and fast: 2 clips a batch, a checkpoint every 4 steps, every step logged; several CPU
+# processes must ask for the CPU (train.device=auto in a multi-process job requires CUDA)
+RUN = ["train.device=cpu", "train.batch_size_per_gpu=2", f"train.max_steps={STEPS}", "train.log_every=1",
+       "train.tensorboard=false", "train.checkpoint_every_steps=4", "train.keep_checkpoints=3"]
 
 
 def train_env(**extra: str) -> dict[str, str]:

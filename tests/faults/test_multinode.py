@@ -8,6 +8,7 @@ interrupted and resumed run must end with exactly the parameters of the uninterr
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -87,8 +88,10 @@ def test_node_killed_then_both_relaunched_resume(reference, launch, tmp_path):
     waited = time.monotonic() - t0
     assert code not in (None, 0), "node 0 went on without its peer"
     assert waited < 60, f"node 0 took {waited:.0f} s to notice"
-    # gloo says "closed" or "reset" depending on whether the dead peer had unread data in its socket
-    assert any(f"Connection {how} by peer" in nodes[0].text() for how in ("closed", "reset"))
+    # gloo names the lost peer: "closed" when its socket had been read empty, "reset" when data
+    # node 0 had already sent was still unread (node 0 runs ahead now that checkpoints are written
+    # in the background, so it is often mid-exchange when node 1 dies)
+    assert re.search(r"Connection (closed|reset) by peer", nodes[0].text())
     assert not (out / "summary.json").exists()
     last = newest_checkpoint_step(out)
     assert 12 <= last < STEPS

@@ -9,7 +9,9 @@ configs with an unknown key or a bad value.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 from model.checkpoint import list_checkpoints, read_checkpoint
+from model.device import cuda_usable
 from tests.faults.launch import (
     PRESET,
     ROOT,
@@ -68,6 +71,32 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(sample_shards, t
         assert again[step]["loss"] == first[step]["loss"], step
 
 
+CKPT_FILE_LIMIT = 1 << 20  # 1 MiB: the logs fit, a checkpoint of the tiny preset (several MB) does not
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (CKPT_FILE_LIMIT, CKPT_FILE_LIMIT))
+
+
+@pytest.mark.slow
+def test_failed_background_checkpoint_write_is_one_line_and_resumable(sample_shards, tmp_path):
+    """A checkpoint the writer thread cannot write (a quota, like a full disk) stops the run at the
+    next checkpoint with one line; no partial file is left and the run resumes once there is room."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tools.train", "--shards", str(sample_shards), "--config", PRESET,
+           "--out", str(out), *FAST]
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limit_file_size)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1, res.stderr[-2000:]
+    assert errors[0].startswith(f"error: checkpoint {out / 'checkpoints' / 'ckpt_000000004.pth'} could not be "
+                                f"written ({os.strerror(27)})")  # File too large, raised at the next save
+    assert not list((out / "checkpoints").iterdir()) and not (out / "teacher.pth").exists()
+    assert main(["--shards", str(sample_shards), "--config", PRESET, "--out", str(out), *FAST]) == 0
+    assert summary(out)["step"] == 12 and len(list_checkpoints(out / "checkpoints")) == 3
+
+
 @pytest.fixture()
 def shards_missing_one(sample_shards, tmp_path) -> tuple[Path, Path]:
     """A copy of the sample shards with one training tar deleted; returns (shards, the missing tar)."""
@@ -96,6 +125,34 @@ def test_missing_shard_under_torchrun_fails_without_hanging(shards_missing_one, 
     res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert res.stderr.count(f"error: shard {tar}: listed in the dataset card but missing") == 2  # both ranks
+
+
+needs_no_gpu = pytest.mark.skipif(cuda_usable(), reason="checks the refusal on a machine where CUDA cannot start")
+
+
+@needs_no_gpu
+def test_cuda_request_without_cuda_is_one_line_before_anything_is_written(sample_shards, tmp_path, capsys):
+    code = main(["--shards", str(sample_shards), "--config", PRESET, "--out", str(tmp_path / "run"), *FAST,
+                 "train.device=cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: device 'cuda' requested but CUDA cannot start")
+    assert f"built for CUDA {torch.version.cuda}" in err[0] and "driver" in err[0]  # the wheel's CUDA, the driver
+    assert not (tmp_path / "run").exists()  # no output dir, no config.yaml
+
+
+@needs_no_gpu
+@pytest.mark.slow
+def test_two_processes_without_cuda_must_say_cpu(sample_shards, tmp_path):
+    """`make train GPUS=2` on a machine where CUDA cannot start: every rank stops at once, nothing
+    written; the same job with train.device=cpu runs (tests/test_train.py, tests/faults/)."""
+    cmd = torchrun_cmd(sample_shards, tmp_path / "run", "train.device=auto", port=free_port(), nproc=2)
+    res = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    line = "error: train.device=auto with 2 processes needs CUDA, which cannot start"
+    assert res.stderr.count(line) == 2, res.stderr[-2000:]  # both ranks, one line each
+    assert "say train.device=cpu" in res.stderr and f"built for CUDA {torch.version.cuda}" in res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, key, reason", [
