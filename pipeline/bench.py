@@ -127,10 +127,11 @@ def measure(make_iter: Callable[[], Iterator[dict]], *, batch_size: int, batches
 
 
 def frame_bytes(split: Split, limit: int = 400) -> list[bytes]:
-    """Up to ``limit`` JPEG frames of the split, spread over its clips, read into memory."""
+    """Up to ``limit`` JPEG frames of the split, spread over at most ``limit`` of its clips, read into memory."""
     out: list[bytes] = []
     per_clip = max(1, limit // max(1, len(split.samples)))
-    for ref in split.samples:
+    picks = np.unique(np.linspace(0, len(split.samples) - 1, min(limit, len(split.samples))).astype(int))
+    for ref in (split.samples[i] for i in picks):
         jpegs = ref.frame_jpegs()
         for i in np.linspace(0, ref.num_frames - 1, min(per_clip, ref.num_frames)).astype(int):
             out.append(jpegs[i])
@@ -143,11 +144,10 @@ def _decode_all(jpegs: list[bytes]) -> int:
     return len(jpegs)
 
 
-def pil_decode_rate(jpegs: list[bytes], seconds: float = 3.0) -> float:
-    """Frames/s decoding ``jpegs`` with PIL (libjpeg-turbo) in one process per core."""
-    ncpu = os.cpu_count() or 1
-    chunks = [jpegs[i::ncpu] for i in range(ncpu)]
-    with Pool(ncpu) as pool:
+def pil_decode_rate(jpegs: list[bytes], workers: int, seconds: float = 3.0) -> float:
+    """Frames/s decoding ``jpegs`` with PIL (libjpeg-turbo) in ``workers`` processes."""
+    chunks = [jpegs[i::workers] for i in range(workers)]
+    with Pool(workers) as pool:
         pool.map(_decode_all, chunks)  # warm-up
         done, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -155,7 +155,7 @@ def pil_decode_rate(jpegs: list[bytes], seconds: float = 3.0) -> float:
         return done / (time.perf_counter() - t0)
 
 
-def dali_decode_rate(jpegs: list[bytes], device: str, device_id: int | None, seconds: float = 3.0,
+def dali_decode_rate(jpegs: list[bytes], device: str, device_id: int | None, threads: int, seconds: float = 3.0,
                      batch_size: int = 64) -> float:
     """Frames/s of DALI's image decoder alone (``cpu``, or ``mixed`` on a GPU) over ``jpegs``."""
     from nvidia.dali import fn, pipeline_def, types
@@ -165,7 +165,7 @@ def dali_decode_rate(jpegs: list[bytes], device: str, device_id: int | None, sec
     def source(info):
         return [arrays[(info.iteration * batch_size + k) % len(arrays)] for k in range(batch_size)]
 
-    @pipeline_def(batch_size=batch_size, num_threads=os.cpu_count() or 1, device_id=device_id, seed=0)
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=0)
     def pipe():
         data = fn.external_source(source=source, batch=True, batch_info=True, dtype=types.UINT8)
         return fn.decoders.image(data, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)

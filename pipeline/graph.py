@@ -2,27 +2,48 @@
 
 ``make_pipeline`` is the one place that turns a device string into DALI placement: ``"gpu"``
 decodes with ``fn.decoders.image(device="mixed")`` (nvJPEG, and the hardware JPEG decoder of
-A100/H100 for ``hw_decoder_load`` of the images) and augments on the GPU; ``"cpu"`` decodes
-with libjpeg-turbo and augments on the CPU. Per-sample integer work (frame choice, byte ranges,
-crop geometry) stays on the CPU in both cases, as DALI argument inputs must.
+A100/H100 for ``hw_decoder_load`` of the images) and runs the device side on the GPU; ``"cpu"``
+runs everything on the CPU; ``"host"`` builds only the host side (``pipeline.host``: what a GPU
+run keeps on the CPU) on the CPU and returns its outputs, for measuring it.
 
 Outputs, per sample, in ``output_names(cfg)`` order: ``current_global`` [G,3,H,W],
 ``current_local`` [L,3,h,w] (only when L > 0 in the tcore workload), ``past`` and ``future``
-[2,3,H,W] (tcore) or [1,3,H,W] (simple), ``frame_idx`` [3] int64, ``num_frames`` [] int64,
-``meta`` (the sample's JSON bytes in whole mode, its sample id in range mode), and with
-``raw_size`` > 0 ``raw`` [3,S,S,3] uint8: the decoded frames' top-left corners, un-augmented.
+[2,3,H,W] (tcore) or [1,3,H,W] (simple), ``info`` [5] int64 (past, current, future frame
+index, frame count, sample id; -1 in whole mode), in whole mode ``meta`` (the sample's JSON
+bytes), and with ``raw_size`` > 0 ``raw`` [3,S,S,3] uint8: the decoded frames' top-left
+corners, un-augmented.
 """
 
 from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import simple_view, tcore_views
 from pipeline.config import PipelineConfig
+from pipeline.host import Host, ParamSource, WholePlan, read_range, read_whole
 from pipeline.range_source import RangeSource
-from pipeline.sampling import graph_triplet
 
 OUT_DTYPES = {"float32": types.FLOAT, "bfloat16": types.FLOAT, "float16": types.FLOAT16}
+DEVICES = ("gpu", "cpu", "host")
+
+
+@dataclass
+class GraphInputs:
+    """What one rank's graph reads: range mode's source, or whole mode's shard lists, reader
+    settings, parameter source and plan function."""
+
+    source: RangeSource | None = None
+    params: ParamSource | None = None
+    files: list[str] | None = None
+    index_files: list[str] | None = None
+    shard_id: int = 0
+    num_shards: int = 1
+    reader_seed: int = 0
+    initial_fill: int = 1
+    plan: WholePlan | None = None
 
 
 def output_names(cfg: PipelineConfig) -> list[str]:
@@ -30,58 +51,44 @@ def output_names(cfg: PipelineConfig) -> list[str]:
     names = ["current_global"]
     if cfg.workload == "tcore" and cfg.num_local > 0:
         names.append("current_local")
-    names += ["past", "future", "frame_idx", "num_frames", "meta"]
+    names += ["past", "future", "info"] + (["meta"] if cfg.read_mode == "whole" else [])
     return names + (["raw"] if cfg.raw_size else [])
 
 
-def _cut(mjpeg, offsets, i):
-    """The bytes of frame ``i``: mjpeg[offsets[i]:offsets[i+1]] (start and shape both INT64)."""
-    start = offsets[i]
-    return fn.slice(mjpeg, fn.reshape(start, shape=[1]), fn.reshape(offsets[i + 1] - start, shape=[1]),
-                    axes=[0], out_of_bounds_policy="error")
+def host_output_names(cfg: PipelineConfig, inputs: GraphInputs) -> list[str]:
+    """Names of a ``"host"`` pipeline's outputs, in order."""
+    if inputs.source is not None:
+        params = inputs.params.names
+    else:
+        params = ["meta"] + inputs.params.names[1:] + inputs.plan.names[7:]
+    return ["jpeg_past", "jpeg_current", "jpeg_future", "info"] + params
 
 
-def _read_whole(cfg: PipelineConfig, files, index_files, shard_id: int, num_shards: int,
-                seed: int, initial_fill: int):
-    mjpeg, offsets, meta = fn.readers.webdataset(
-        paths=files, index_paths=index_files, ext=["mjpeg", "offsets", "json"],
-        dtypes=[types.UINT8, types.INT64, types.UINT8], missing_component_behavior="error",
-        random_shuffle=True, initial_fill=initial_fill, seed=seed, shard_id=shard_id,
-        num_shards=num_shards, dont_use_mmap=not cfg.use_mmap, name="reader")
-    t = offsets.shape(dtype=types.INT64)[0] - 1
-    frames = graph_triplet(t, cfg.sampling, cfg.gap_min, cfg.gap_max)
-    jpegs = [_cut(mjpeg, offsets, i) for i in frames]
-    return jpegs, fn.stack(*frames), t, meta
-
-
-def _read_range(source: RangeSource):
-    past, cur, fut, frame_idx, t, sid = fn.external_source(
-        source=source, num_outputs=6, batch=False, parallel=True,
-        dtype=[types.UINT8, types.UINT8, types.UINT8, types.INT64, types.INT64, types.INT64])
-    return [past, cur, fut], frame_idx, t, sid
+def host_side(cfg: PipelineConfig, inputs: GraphInputs) -> Host:
+    if inputs.source is not None:
+        return read_range(inputs.source, inputs.params)
+    return read_whole(cfg, inputs.files, inputs.index_files, inputs.shard_id, inputs.num_shards,
+                      inputs.reader_seed, inputs.initial_fill, inputs.params, inputs.plan)
 
 
 @pipeline_def
-def triplet_graph(cfg: PipelineConfig, device: str, files: list[str], index_files: list[str],
-                  shard_id: int, num_shards: int, reader_seed: int, initial_fill: int,
-                  source: RangeSource | None):
-    """The whole graph for one rank (``shard_id`` of ``num_shards``); see the module docstring."""
-    if source is None:
-        jpegs, frame_idx, t, meta = _read_whole(cfg, files, index_files, shard_id, num_shards,
-                                                reader_seed, initial_fill)
-    else:
-        jpegs, frame_idx, t, meta = _read_range(source)
+def triplet_graph(cfg: PipelineConfig, device: str, inputs: GraphInputs):
+    """The whole graph for one rank (or only its host side); see the module docstring."""
+    host = host_side(cfg, inputs)
+    if device == "host":
+        meta = (host.meta,) if host.meta is not None else ()
+        return (*host.jpegs, host.info, *meta, *[host.params[n] for n in host_output_names(cfg, inputs)[4 + len(meta):]])
     decoder_device = "mixed" if device == "gpu" else "cpu"
     dec_kwargs = {"hw_decoder_load": cfg.hw_decoder_load} if device == "gpu" else {}
     out_dtype = OUT_DTYPES[cfg.dtype]
+    tail = (host.info,) + ((host.meta,) if host.meta is not None else ())
     if cfg.workload == "simple":
-        cur, past, fut = (simple_view(j, decoder_device, cfg, out_dtype, **dec_kwargs) for j in
-                          (jpegs[1], jpegs[0], jpegs[2]))
-        return cur, past, fut, frame_idx, t, meta
-    imgs = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB, **dec_kwargs) for j in jpegs]
-    shapes = [fn.peek_image_shape(jpegs[0]), None, fn.peek_image_shape(jpegs[2])]  # the centred crops' frames
-    cur_global, cur_local, past, fut = tcore_views(imgs, shapes, cfg, out_dtype)
-    outs = [cur_global] + ([cur_local] if cur_local is not None else []) + [past, fut, frame_idx, t, meta]
+        cur, past, fut = (simple_view(host.jpegs[i], v, host.params, decoder_device, cfg, out_dtype, **dec_kwargs)
+                          for i, v in ((1, "current"), (0, "past"), (2, "future")))
+        return (cur, past, fut, *tail)
+    imgs = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB, **dec_kwargs) for j in host.jpegs]
+    cur_global, cur_local, past, fut = tcore_views(imgs, host.params, cfg, out_dtype)
+    outs = [cur_global] + ([cur_local] if cur_local is not None else []) + [past, fut, *tail]
     if cfg.raw_size:
         raw = [fn.crop(im, crop=[cfg.raw_size] * 2, crop_pos_x=0.0, crop_pos_y=0.0,
                        out_of_bounds_policy="pad") for im in imgs]
@@ -90,20 +97,29 @@ def triplet_graph(cfg: PipelineConfig, device: str, files: list[str], index_file
 
 
 def make_pipeline(cfg: PipelineConfig, device: str, device_id: int | None, *, batch_size: int,
-                  files: list[str], index_files: list[str], shard_id: int, num_shards: int,
-                  seed: int, initial_fill: int, source: RangeSource | None = None):
-    """Build the graph for ``device`` ("gpu" or "cpu"), one shard of the data and a seed."""
-    if device not in ("gpu", "cpu"):
-        raise ValueError(f"pipeline device must be 'gpu' or 'cpu', got {device!r}")
+                  inputs: GraphInputs, seed: int):
+    """Build the graph for ``device`` ("gpu", "cpu" or "host") over ``inputs``."""
+    if device not in DEVICES:
+        raise ValueError(f"pipeline device must be one of {DEVICES}, got {device!r}")
     if cfg.raw_size and cfg.workload != "tcore":
         raise ValueError("pipeline.raw_size needs pipeline.workload=tcore")
     extra = {}
-    if source is not None:
+    if inputs.source is not None:
         extra = {"py_num_workers": cfg.range_workers,
                  "py_start_method": "spawn" if device == "gpu" else "fork"}
-    pipe = triplet_graph(cfg, device, files, index_files, shard_id, num_shards, seed, initial_fill, source,
-                         batch_size=batch_size, num_threads=cfg.num_threads,
+    pipe = triplet_graph(cfg, device, inputs, batch_size=batch_size, num_threads=cfg.num_threads,
                          device_id=device_id if device == "gpu" else None, seed=seed,
-                         prefetch_queue_depth=cfg.prefetch, **extra)
-    pipe.build()
+                         prefetch_queue_depth=cfg.prefetch, exec_dynamic=True, **extra)
+    if extra.get("py_start_method") != "fork":
+        pipe.build()
+        return pipe
+    # build() forks the range readers: a forked child must never garbage-collect the parent's DALI
+    # pipelines (their threads do not exist there; collecting one crashes the reader), so collect
+    # what is garbage now and keep the rest out of the children's collections
+    gc.collect()
+    gc.freeze()
+    try:
+        pipe.build()
+    finally:
+        gc.unfreeze()
     return pipe

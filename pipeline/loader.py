@@ -1,24 +1,39 @@
 """``build_loader``: the trainer's entry point to the DALI triplet pipeline.
 
-Every epoch builds a fresh DALI pipeline seeded from (seed, rank, epoch), so an epoch's batches
-depend only on those three numbers (resuming at epoch 7 gives what a straight run gives). The
-shard order is reshuffled each epoch with a seed shared by all ranks; DALI's reader then gives
-rank r the r-th contiguous part of the samples and shuffles it through a buffer. Every rank
-runs exactly ``len(loader)`` = ⌊⌊N / world_size⌋ / batch_size⌋ batches, so DDP ranks never wait
-on each other at the end of an epoch. In ``read_mode: range`` the order is a global seeded
-permutation cut into equal parts (see ``pipeline.range_source``).
+An epoch's batches depend only on (seed, rank, epoch): every random draw of the graph comes from
+numpy generators seeded by (seed, rank, epoch, batch or chunk index) (``pipeline.host``), and the
+sample order from seeds shared by all ranks. Every rank runs exactly ``len(loader)`` =
+⌊⌊N·repeat / world_size⌋ / batch_size⌋ batches, so DDP ranks never wait on each other at the end
+of an epoch.
 
-Batches are dicts of torch tensors on the requested device (DALI's outputs are handed to torch
-through DLPack without a copy, never through the host on a GPU): ``current_global``
-[B,G,3,H,W], ``current_local`` [B,L,3,h,w], ``past`` and ``future`` [B,2,3,H,W] (``simple``
-workload: G = 1, L = 0, 1 view),
-``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B], ``label`` [B],
-``key`` list[str], and ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0.
+- ``read_mode: range``: one pipeline serves all epochs. The order is a global seeded
+  permutation cut into equal parts (``pipeline.range_source``); the pipeline made for (epoch e,
+  batch b) runs on into the following epochs, so consecutive ``iter_epoch`` calls never wait for
+  a new pipeline, and a resume at batch b starts there without making the earlier batches.
+- ``read_mode: whole``: DALI's webdataset reader reads the epoch's shard order (reshuffled each
+  epoch with a seed shared by all ranks; rank r gets the r-th contiguous part and shuffles it
+  through a buffer), so each epoch has its own pipeline. The next epoch's is built, and its first
+  batch made, in a background thread while the current epoch runs; a resume at batch b makes and
+  drops the b earlier batches.
+
+Batches are dicts of torch tensors. Image tensors are on the requested device: on a GPU, DALI's
+outputs are produced on torch's current CUDA stream (``Pipeline.run(cuda_stream=...)``) and
+taken over through DLPack, which also orders their release after torch's work on that stream,
+so DALI never reuses a buffer torch may still read. ``current_global`` [B,G,3,H,W],
+``current_local`` [B,L,3,h,w], ``past`` and ``future`` [B,2,3,H,W] (``simple`` workload: G = 1,
+L = 0, 1 view), ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0. Bookkeeping stays on the CPU
+(the training step does not need it; copying it to the GPU would wait for the step before):
+``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B] int64, ``label`` [B] int64,
+``key`` list[str]. ``device="host"`` runs only the graph's host side on the CPU (for profiling);
+its batches hold the bookkeeping and ``host``, the raw DALI outputs.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,16 +42,22 @@ import torch
 
 from pipeline.config import PipelineConfig
 from pipeline.dataset import Split, open_split
-from pipeline.graph import make_pipeline, output_names
-from pipeline.range_source import RangeSource, epoch_order
+from pipeline.graph import GraphInputs, host_output_names, make_pipeline, output_names
+from pipeline.host import ParamSource, WholePlan
+from pipeline.params import BatchClock
+from pipeline.range_source import EpochOrder, RangeSource
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+IMAGES = ("current_global", "current_local", "past", "future")
 
 
 def parse_device(device: str) -> tuple[str, int | None, torch.device]:
-    """"cuda"/"cuda:N" → ("gpu", N, cuda:N); "cpu" → ("cpu", None, cpu). The one device decision."""
-    if device == "cpu":
-        return "cpu", None, torch.device("cpu")
+    """"cuda"/"cuda:N" → ("gpu", N, cuda:N); "cpu" → ("cpu", None, cpu); "host" → ("host", None, cpu).
+
+    The one device decision of the pipeline.
+    """
+    if device in ("cpu", "host"):
+        return device, None, torch.device("cpu")
     if device.startswith("cuda"):
         dev = torch.device(device)
         index = dev.index if dev.index is not None else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
@@ -49,26 +70,47 @@ def seed_for(*words: int) -> int:
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _to_torch(tl, dtype: torch.dtype | None, device: torch.device, shared: bool) -> torch.Tensor:
-    """A dense DALI TensorList as a torch tensor on ``device``, without a host round trip on GPU.
-
-    ``shared``: the pipeline runs DALI's dynamic executor, whose outputs are freshly allocated
-    and reference-counted, so torch can take them over through DLPack without a copy (what
-    DALI's own PyTorch iterator does); otherwise the buffers are reused by later iterations and
-    are copied out.
-    """
-    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-
-    tensor = tl.as_tensor()
-    if shared:
-        with device:
-            out = torch.from_dlpack(tensor).to(device)  # CPU-side outputs of a GPU pipeline move over
-    elif device.type == "cuda" and hasattr(tl, "as_cpu"):  # a GPU TensorList
-        out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=device)
-        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
-    else:
-        out = torch.from_numpy(np.asarray(tensor).copy()).to(device)
+def _to_torch(tl, dtype: torch.dtype | None) -> torch.Tensor:
+    """A dense DALI TensorList as a torch tensor on its device, without a copy (DLPack; see the
+    module docstring for the stream), cast to ``dtype`` when given."""
+    out = torch.from_dlpack(tl.as_tensor())
     return out if dtype is None or out.dtype == dtype else out.to(dtype)
+
+
+_BUILDING: weakref.WeakSet = weakref.WeakSet()  # background builds in progress
+
+
+def _finish_background_builds() -> None:
+    """Wait for every background pipeline build: before the interpreter exits, and before range
+    mode forks its reader processes (a fork copies whatever state another thread's DALI call is in)."""
+    for b in list(_BUILDING):
+        b.thread.join()
+
+
+atexit.register(_finish_background_builds)
+
+
+class _Background:
+    """A pipeline built, and its first batch made, in a thread."""
+
+    def __init__(self, key: tuple[int, int], make):
+        self.key, self.result, self.error = key, None, None
+        self.thread = threading.Thread(target=self._run, args=(make,), daemon=True)
+        _BUILDING.add(self)
+        self.thread.start()
+
+    def _run(self, make) -> None:
+        try:
+            pipe = make()
+            self.result = (pipe, pipe.run())
+        except Exception as exc:  # handed to the consumer
+            self.error = exc
+
+    def take(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class TripletLoader:
@@ -82,77 +124,125 @@ class TripletLoader:
         self.dtype = TORCH_DTYPES[cfg.dtype]
         self.names = output_names(cfg)
         self.batches = (len(split.samples) * cfg.repeat // world_size) // batch_size
+        self.sizes = np.array([(s.height, s.width) for s in split.samples], dtype=np.int64).reshape(-1, 2)
+        self.labels = np.array([s.label_id for s in split.samples], dtype=np.int64)
+        if cfg.read_mode == "range" and (self.sizes < 1).any():
+            raise ValueError(f"{split.root / split.name / 'manifest.parquet'}: no frame height/width for some "
+                             "samples (range mode draws crop windows from them); re-shard or use read_mode=whole")
+        self.host_names = host_output_names(cfg, self.inputs(0)) if self.dali_device == "host" else []
+        self._live = None  # range mode: [pipeline, (epoch, batch) of its next output]
+        self._ahead: _Background | None = None  # whole mode: the next epoch's pipeline
 
     def __len__(self) -> int:
         return self.batches
 
-    def pipeline(self, epoch: int):
-        """The DALI pipeline of ``epoch`` for this rank (built, not yet run)."""
-        cfg = self.cfg
-        seed = seed_for(cfg.seed, self.rank, epoch)
-        per_rank = self.batches * self.batch_size
-        source, files, indexes = None, self.split.tars, self.split.indexes
+    def inputs(self, epoch: int, start_batch: int = 0) -> GraphInputs:
+        """What the pipeline starting at (``epoch``, ``start_batch``) reads, for this rank."""
+        cfg, b = self.cfg, self.batch_size
+        seed_words = (cfg.seed, self.rank)
+        clock = BatchClock(epoch, start_batch, self.batches)
         if cfg.read_mode == "range":
-            order = epoch_order(len(self.split.samples), cfg.seed, epoch, self.rank, self.world_size, per_rank,
-                                cfg.repeat)
-            source = RangeSource(self.split.samples, order, (cfg.seed, self.rank, epoch),
-                                 cfg.sampling, cfg.gap_min, cfg.gap_max)
-        else:
-            rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
-            perm = np.concatenate([rng.permutation(len(files)) for _ in range(cfg.repeat)])
-            files, indexes = [files[i] for i in perm], [indexes[i] for i in perm]
-        fill = max(1, min(cfg.shuffle_buffer, len(self.split.samples) * cfg.repeat // self.world_size))
-        return make_pipeline(cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
-                             files=files, index_files=indexes, shard_id=self.rank,
-                             num_shards=self.world_size, seed=seed, initial_fill=fill, source=source)
+            order = EpochOrder(len(self.split.samples), cfg.seed, self.rank, self.world_size, self.batches * b,
+                               cfg.repeat)
+            source = RangeSource(cfg, self.split.samples, order, clock, b, seed_words)
+            return GraphInputs(source=source, params=ParamSource(cfg, seed_words, clock, b, order, self.sizes))
+        rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
+        perm = rng.permutation(len(self.split.tars))
+        fill = max(1, min(cfg.shuffle_buffer, len(self.split.samples) // self.world_size))
+        return GraphInputs(params=ParamSource(cfg, seed_words, clock, b), files=[self.split.tars[i] for i in perm],
+                           index_files=[self.split.indexes[i] for i in perm], shard_id=self.rank,
+                           num_shards=self.world_size, reader_seed=seed_for(cfg.seed, self.rank, epoch),
+                           initial_fill=fill, plan=WholePlan(cfg, seed_words))
+
+    def pipeline(self, epoch: int, start_batch: int = 0):
+        """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
+        or batch 0 of ``epoch`` (whole mode)."""
+        inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0)
+        if inputs.source is not None:
+            _finish_background_builds()
+        return make_pipeline(self.cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
+                             inputs=inputs, seed=seed_for(self.cfg.seed, self.rank, epoch))
+
+    def _run(self, pipe):
+        if self.device.type == "cuda":
+            return pipe.run(cuda_stream=torch.cuda.current_stream(self.device))
+        return pipe.run()
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
-        """The batches of ``epoch`` from ``start_batch`` on (earlier ones are run and dropped)."""
+        """The batches of ``epoch`` from ``start_batch`` on."""
         if not 0 <= start_batch <= self.batches:
             raise ValueError(f"start_batch must be in [0, {self.batches}], got {start_batch}")
-        pipe = self.pipeline(epoch)
+        if self.cfg.read_mode == "range":
+            yield from self._iter_range(epoch, start_batch)
+        else:
+            yield from self._iter_whole(epoch, start_batch)
+
+    def _iter_range(self, epoch: int, start_batch: int) -> Iterator[dict]:
+        if self._live is None or self._live[1] != (epoch, start_batch):
+            self._live = None  # drop the old pipeline (and its workers) before making another
+            self._live = [self.pipeline(epoch, start_batch), (epoch, start_batch)]
+        live = self._live
+        for b in range(start_batch, self.batches):
+            outs = self._run(live[0])
+            live[1] = (epoch, b + 1) if b + 1 < self.batches else (epoch + 1, 0)
+            yield self._batch(outs)
+
+    def _iter_whole(self, epoch: int, start_batch: int) -> Iterator[dict]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.key == (epoch, 0):
+            pipe, first = ahead.take()
+        else:
+            if ahead is not None:  # not the epoch asked for: let its build finish, then drop it
+                ahead.thread.join()
+            pipe = self.pipeline(epoch)
+            first = self._run(pipe)
+        self._ahead = _Background((epoch + 1, 0), lambda: self.pipeline(epoch + 1))
         try:
             for b in range(self.batches):
-                outs = pipe.run()
+                outs = first if b == 0 else self._run(pipe)
+                first = None
                 if b >= start_batch:
-                    yield self._batch(outs, bool(pipe.exec_dynamic))
+                    yield self._batch(outs)
         finally:
             del pipe
 
-    def _batch(self, outs, shared: bool) -> dict:
-        raw = dict(zip(self.names, outs))
-        batch = {}
-        for name in ("current_global", "current_local", "past", "future"):
-            if name in raw:
-                batch[name] = _to_torch(raw[name], self.dtype, self.device, shared)
-        if "current_local" not in batch:
-            g = batch["current_global"]
-            size = self.cfg.local_size
-            batch["current_local"] = g.new_empty((g.shape[0], 0, 3, size, size))
-        batch["frame_idx"] = _to_torch(raw["frame_idx"], torch.int64, self.device, shared)
-        batch["num_frames"] = _to_torch(raw["num_frames"], torch.int64, self.device, shared)
-        keys, labels = self._meta(raw["meta"])
-        batch["label"] = torch.tensor(labels, dtype=torch.int64).to(self.device)
-        batch["key"] = keys
-        if "raw" in raw:
-            batch["raw"] = _to_torch(raw["raw"], None, self.device, shared)
+    def _batch(self, outs) -> dict:
+        names = self.host_names if self.dali_device == "host" else self.names
+        raw = dict(zip(names, outs))
+        batch: dict = {}
+        if self.dali_device == "host":
+            batch["host"] = list(outs)
+        else:
+            batch.update({n: _to_torch(raw[n], self.dtype) for n in IMAGES if n in raw})
+            if "current_local" not in batch:
+                g = batch["current_global"]
+                size = self.cfg.local_size
+                batch["current_local"] = g.new_empty((g.shape[0], 0, 3, size, size))
+            if "raw" in raw:
+                batch["raw"] = _to_torch(raw["raw"], None)
+        info = _to_torch(raw["info"], torch.int64)
+        batch["frame_idx"], batch["num_frames"] = info[:, :3], info[:, 3]
+        if "meta" in raw:
+            metas = [json.loads(np.asarray(raw["meta"][i]).tobytes()) for i in range(len(raw["meta"]))]
+            batch["key"], labels = [m["key"] for m in metas], [int(m["label_id"]) for m in metas]
+        else:
+            ids = info[:, 4].numpy()
+            batch["key"], labels = [self.split.samples[i].key for i in ids.tolist()], self.labels[ids]
+        batch["label"] = torch.as_tensor(labels, dtype=torch.int64)
         return batch
-
-    def _meta(self, tl) -> tuple[list[str], list[int]]:
-        if self.cfg.read_mode == "range":
-            refs = [self.split.samples[int(i)] for i in np.array(tl.as_tensor()).ravel()]
-            return [r.key for r in refs], [r.label_id for r in refs]
-        metas = [json.loads(bytes(np.array(tl[i]))) for i in range(len(tl))]
-        return [m["key"] for m in metas], [int(m["label_id"]) for m in metas]
 
 
 def build_loader(cfg: PipelineConfig, shards_dir: str | Path, *, batch_size: int, device: str,
                  rank: int = 0, world_size: int = 1) -> TripletLoader:
-    """Check the split's shards and return this rank's loader; ValueError on bad input."""
+    """Check the split's shards and return this rank's loader; ValueError on bad input.
+
+    The offsets tables are verified by the ranks in turn (rank r checks every world_size-th
+    shard); the cheap checks (sizes, index against the tar) run on every rank.
+    """
     cfg.validate()
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
-    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets)
+    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets, rank=rank, world_size=world_size)
     if len(split.samples) * cfg.repeat < world_size * batch_size:
         raise ValueError(f"split '{cfg.split}' of {shards_dir} has {len(split.samples)} samples, fewer than "
                          f"world_size × batch_size = {world_size} × {batch_size}: no full batch per rank")

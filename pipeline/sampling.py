@@ -1,7 +1,6 @@
 """Which 3 frames (past, current, future) a clip of T frames contributes.
 
-Two rules, both exact in integer arithmetic so that the DALI graph and the Python reference
-draw from the same distribution:
+Two rules, both in exact integer arithmetic on uniform draws u in [0, 1):
 
 - ``sandwich`` (T-CoRe): current c uniform in [⌊0.3T⌋, ⌊0.7T⌋ − 1]; past = c − g_p with g_p
   uniform in [⌊0.15T⌋, ⌊0.25T⌋]; future = c + g_f with g_f uniform in
@@ -12,16 +11,17 @@ draw from the same distribution:
   g_hi = min(gap_max, ⌊(T − 1)/2⌋) and g_lo = min(gap_min, g_hi) (short clips get shorter gaps),
   then c uniform in [g_p, T − 1 − g_f].
 
-``⌊0.3T⌋`` is computed as ``(3 * T) // 10`` and so on: float products would round differently
-on the two sides. Uniform integers in [lo, hi] are ``lo + min(⌊u · (hi − lo + 1)⌋, hi − lo)``
-with u uniform in [0, 1) (DALI's integer uniform can return its upper bound).
+``⌊0.3T⌋`` is computed as ``(3 * T) // 10`` and so on (float products would round differently
+from one place to another). A uniform integer in [lo, hi] is ``lo + min(⌊u · (hi − lo + 1)⌋,
+hi − lo)``. ``triplets`` does this for a whole batch at once (the graph's host side and the range
+reader call it); ``sample_triplet`` is the one-clip form used by the reference loaders.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from nvidia.dali import fn, types
-from nvidia.dali import math as dmath
+
+RULES = ("sandwich", "gap")
 
 
 def sandwich_ranges(t: int) -> tuple[int, int, int, int]:
@@ -29,51 +29,36 @@ def sandwich_ranges(t: int) -> tuple[int, int, int, int]:
     return (3 * t) // 10, (7 * t) // 10 - 1, (15 * t) // 100, t // 4
 
 
+def uniform_int(u: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Integers uniform in [lo, hi] (elementwise, hi >= lo) from uniforms u in [0, 1)."""
+    n = hi - lo + 1
+    return lo + np.minimum(np.floor(u * n).astype(np.int64), n - 1)
+
+
+def triplets(t: np.ndarray, u: np.ndarray, sampling: str = "sandwich", gap_min: int = 4,
+             gap_max: int = 48) -> np.ndarray:
+    """[B, 3] int64 (past, current, future) for frame counts ``t`` [B] (>= 1) and draws ``u`` [B, 3]."""
+    t = np.asarray(t, dtype=np.int64)
+    if t.size and t.min() < 1:
+        raise ValueError(f"a clip needs at least 1 frame, got {int(t.min())}")
+    if sampling == "sandwich":
+        c_lo, c_hi, g_lo, g_hi = (3 * t) // 10, (7 * t) // 10 - 1, (15 * t) // 100, t // 4
+        valid = c_hi >= c_lo
+        c = np.where(valid, uniform_int(u[:, 0], c_lo, np.maximum(c_hi, c_lo)), t // 2)
+        gp = uniform_int(u[:, 1], g_lo, g_hi)
+        gf = uniform_int(u[:, 2], g_lo, np.maximum(np.minimum(g_hi, t - 1 - c), g_lo))
+        return np.stack([c - valid * gp, c, c + valid * gf], axis=1)
+    if sampling == "gap":
+        hi = np.minimum(gap_max, (t - 1) // 2)
+        lo = np.minimum(gap_min, hi)
+        gp, gf = uniform_int(u[:, 0], lo, hi), uniform_int(u[:, 1], lo, hi)
+        c = uniform_int(u[:, 2], gp, t - 1 - gf)
+        return np.stack([c - gp, c, c + gf], axis=1)
+    raise ValueError(f"pipeline.sampling: unknown rule '{sampling}' (sandwich or gap)")
+
+
 def sample_triplet(t: int, rng: np.random.Generator, sampling: str = "sandwich",
                    gap_min: int = 4, gap_max: int = 48) -> tuple[int, int, int]:
     """(past, current, future) frame indices for a clip of ``t`` >= 1 frames."""
-    if t < 1:
-        raise ValueError(f"a clip needs at least 1 frame, got {t}")
-    if sampling == "sandwich":
-        c_lo, c_hi, g_lo, g_hi = sandwich_ranges(t)
-        if c_hi < c_lo:
-            c = t // 2
-            return c, c, c
-        c = int(rng.integers(c_lo, c_hi + 1))
-        past = c - int(rng.integers(g_lo, g_hi + 1))
-        future = c + int(rng.integers(g_lo, min(g_hi, t - 1 - c) + 1))
-        return past, c, future
-    if sampling == "gap":
-        hi = min(gap_max, (t - 1) // 2)
-        lo = min(gap_min, hi)
-        gp, gf = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-        c = int(rng.integers(gp, t - gf))
-        return c - gp, c, c + gf
-    raise ValueError(f"pipeline.sampling: unknown rule '{sampling}' (sandwich or gap)")
-
-
-def _uniform_int(lo, hi):
-    """DALI graph: an INT64 uniform in [lo, hi] per sample (lo, hi INT64 nodes, hi >= lo)."""
-    n = hi - lo + 1
-    u = fn.random.uniform(range=[0.0, 1.0], dtype=types.FLOAT)
-    k = fn.cast(dmath.floor(u * fn.cast(n, dtype=types.FLOAT)), dtype=types.INT64)
-    return lo + dmath.min(k, n - 1)
-
-
-def graph_triplet(t, sampling: str = "sandwich", gap_min: int = 4, gap_max: int = 48):
-    """DALI graph: (past, current, future) INT64 scalars from the clip's frame count ``t`` (INT64)."""
-    if sampling == "sandwich":
-        c_lo, c_hi, g_lo, g_hi = (3 * t) // 10, (7 * t) // 10 - 1, (15 * t) // 100, t // 4
-        valid = fn.cast(c_hi >= c_lo, dtype=types.INT64)
-        c_draw = _uniform_int(c_lo, dmath.max(c_hi, c_lo))
-        c = valid * c_draw + (1 - valid) * (t // 2)
-        gp = _uniform_int(g_lo, g_hi)
-        gf = _uniform_int(g_lo, dmath.max(dmath.min(g_hi, t - 1 - c), g_lo))
-        return c - valid * gp, c, c + valid * gf
-    if sampling == "gap":
-        hi = dmath.min(t * 0 + gap_max, (t - 1) // 2)
-        lo = dmath.min(t * 0 + gap_min, hi)
-        gp, gf = _uniform_int(lo, hi), _uniform_int(lo, hi)
-        c = _uniform_int(gp, t - 1 - gf)
-        return c - gp, c, c + gf
-    raise ValueError(f"pipeline.sampling: unknown rule '{sampling}' (sandwich or gap)")
+    p, c, f = triplets(np.array([t]), rng.random((1, 3)), sampling, gap_min, gap_max)[0]
+    return int(p), int(c), int(f)

@@ -5,7 +5,8 @@ that one sample of ``pipeline.loader`` holds: ``current_global`` [G,3,H,W], ``cu
 [L,3,h,w], ``past`` / ``future`` [2,3,H,W] (``simple``: one random-resized crop per frame).
 Interpolation as in ``pipeline.augment``: ``global_interp`` for the global crops,
 ``context_interp`` for the centred crops, ``local_interp`` for the local crops, bilinear for the
-``simple`` workload.
+``simple`` workload. Colour jitter is torchvision's own (random order, contrast about the mean
+grey, HSV hue) whatever ``jitter_order`` and ``contrast_pivot`` say.
 """
 
 from __future__ import annotations
@@ -34,11 +35,18 @@ class PilBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=radius))
 
 
+def _blur(cfg: PipelineConfig, p: float):
+    """torchvision's GaussianBlur(blur_kernel) as the reference code, or PIL's (radius sigma) for 0."""
+    if cfg.blur_kernel:
+        return v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma)], p=p)
+    return PilBlur(p, cfg.blur_sigma)
+
+
 def _colour(cfg: PipelineConfig, blur_p: float, solarize_p: float) -> list:
     return [
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(p=cfg.grayscale_p),
-        PilBlur(blur_p, cfg.blur_sigma),
+        _blur(cfg, blur_p),
         v2.RandomSolarize(threshold=128, p=solarize_p),
     ]
 

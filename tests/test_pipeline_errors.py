@@ -65,6 +65,26 @@ def test_inconsistent_offsets(shards: Path) -> None:
     assert len(split.samples) == 18
 
 
+def test_offsets_checks_are_shared_by_ranks(shards: Path) -> None:
+    """Rank r reads the offsets tables of every world_size-th shard from r: only the rank that owns
+    the broken shard finds it; every rank still runs the cheap size and index checks."""
+    tar = shards / "train" / "train-000001.tar"
+    member = next(m for m in read_index(tar.with_suffix(".idx"))[0] if m.ext == "offsets")
+    with open(tar, "r+b") as fh:
+        fh.seek(member.offset + 8)
+        fh.write(np.array([-5], dtype="<i8").tobytes())
+    with pytest.raises(ValueError, match=rf"train-000001\.tar.*{member.key}.*inconsistent offsets"):
+        open_split(shards, "train", rank=1, world_size=2)
+    assert len(open_split(shards, "train", rank=0, world_size=2).samples) == 18
+    assert len(open_split(shards, "train", rank=0, world_size=3).samples) == 18
+    with pytest.raises(ValueError, match=r"train-000001\.tar.*inconsistent offsets"):
+        build_loader(CFG, shards, batch_size=2, device="cpu", rank=1, world_size=3)
+    os.truncate(tar, tar.stat().st_size - 512)  # a truncated tar: every rank sees it
+    for rank in (0, 1, 2):
+        with pytest.raises(ValueError, match=r"train-000001\.tar.*truncated"):
+            open_split(shards, "train", rank=rank, world_size=3)
+
+
 def test_missing_card_and_split(shards: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no split 'nope'"):
         _load(shards, split="nope")

@@ -119,3 +119,99 @@ def test_batches_own_their_memory(sample_shards, dtype: str) -> None:
     for _ in it:  # later iterations reuse DALI's buffers; the batch handed out must not change
         pass
     assert all(torch.equal(first[k], v) for k, v in kept.items())
+
+
+@pytest.mark.parametrize("mode", ["whole", "range"])
+def test_every_batch_tensor_placement_and_dtype_on_cpu(sample_shards, mode: str) -> None:
+    """Images on the loader's device in the configured dtype; bookkeeping int64 on the CPU."""
+    b = epoch(small(read_mode=mode, dtype="bfloat16", raw_size=8), sample_shards)[0]
+    want = {"current_global": torch.bfloat16, "current_local": torch.bfloat16, "past": torch.bfloat16,
+            "future": torch.bfloat16, "raw": torch.uint8, "frame_idx": torch.int64, "num_frames": torch.int64,
+            "label": torch.int64}
+    assert set(b) == set(want) | {"key"}
+    for name, dtype in want.items():
+        assert b[name].device.type == "cpu" and b[name].dtype == dtype, name
+    assert isinstance(b["key"], list) and all(isinstance(k, str) for k in b["key"])
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x["key"] == y["key"] and torch.equal(x["frame_idx"], y["frame_idx"])
+        for name in ("current_global", "current_local", "past", "future"):
+            assert torch.equal(x[name], y[name]), name
+
+
+@pytest.mark.parametrize("mode", ["whole", "range"])
+def test_one_pipeline_across_epochs_and_exact_resume(sample_shards, mode: str) -> None:
+    """Range mode: one pipeline serves consecutive epochs; whole mode: the next epoch's pipeline is
+    built ahead. Either way an epoch, or a resume inside it, equals what a fresh loader makes."""
+    cfg = small(read_mode=mode, num_local=1)
+    loader = build_loader(cfg, sample_shards, batch_size=4, device="cpu")
+    built = []
+    make = loader.pipeline
+    loader.pipeline = lambda *a: built.append(a) or make(*a)
+    straight = [list(loader.iter_epoch(e)) for e in range(3)]
+    assert built == ([(0, 0)] if mode == "range" else [(0,), (1,), (2,), (3,)])  # whole: one ahead of use
+    _same_batches(straight[2], epoch(cfg, sample_shards, 2))
+    resumed = list(build_loader(cfg, sample_shards, batch_size=4, device="cpu").iter_epoch(1, start_batch=2))
+    _same_batches(resumed, straight[1][2:])
+    assert [b["key"] for b in straight[0]] != [b["key"] for b in straight[1]]
+
+
+def test_whole_mode_repeats_stay_in_the_rank_part(sample_shards) -> None:
+    """Passes over the split (repeat) wrap inside each rank's part of the shards (stick_to_shard),
+    with the shard list given once: ranks stay disjoint and each sees its part twice."""
+    cfg = small(read_mode="whole", num_local=0, global_size=16, repeat=2)
+    seen = []
+    for rank in range(2):
+        loader = build_loader(cfg, sample_shards, batch_size=3, device="cpu", rank=rank, world_size=2)
+        assert len(loader.inputs(0).files) == len(loader.split.tars)
+        seen.append([k for b in loader.iter_epoch(0) for k in b["key"]])
+    assert len(seen[0]) == len(seen[1]) == 18
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0])) == len(set(seen[1])) == 9
+
+
+def test_range_reader_bounds_its_open_files(sample_shards, monkeypatch) -> None:
+    import pipeline.range_source as rs
+
+    loader = build_loader(small(read_mode="range", repeat=4), sample_shards, batch_size=6, device="cpu")
+    free = loader.inputs(0).source
+    monkeypatch.setattr(rs, "MAX_OPEN_FILES", 2)
+    bounded = loader.inputs(0).source
+    assert len(bounded.tars) > 2
+    for b in range(len(loader)):
+        got, want = bounded.read(0, b), free.read(0, b)
+        assert bounded.open_files() <= 2
+        assert all(np.array_equal(x, y) for g, w in zip(got[:3], want[:3]) for x, y in zip(g, w))
+        assert np.array_equal(got[3], want[3])
+    assert free.open_files() == len(free.tars)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["whole", "range"])
+def test_gpu_batches_stay_on_device_without_host_sync(sample_shards, mode: str) -> None:
+    """On a GPU: images on the device, bookkeeping on the CPU, no torch host synchronisation while
+    batches are made and used; the same samples, frames and (up to decoder and resampler
+    differences) pixels as the CPU graph, since every random draw is made on the host."""
+    cfg = small(read_mode=mode, dtype="bfloat16")
+    loader = build_loader(cfg, sample_shards, batch_size=4, device="cuda")
+    sums = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = list(loader.iter_epoch(0))
+        for b in batches:
+            for name in ("current_global", "current_local", "past", "future"):
+                assert b[name].device.type == "cuda" and b[name].dtype == torch.bfloat16, name
+                sums.append(b[name].float().abs().mean())
+            for name in ("frame_idx", "num_frames", "label"):
+                assert b[name].device.type == "cpu" and b[name].dtype == torch.int64, name
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(s).item() for s in sums)
+    cpu = epoch(small(read_mode=mode, dtype="bfloat16"), sample_shards)
+    for g, c in zip(batches, cpu):
+        assert g["key"] == c["key"] and torch.equal(g["frame_idx"], c["frame_idx"])
+        diff = (g["current_global"].float().cpu() - c["current_global"].float()).abs().mean()
+        assert diff < 0.1, float(diff)  # normalised units: ~6 grey levels

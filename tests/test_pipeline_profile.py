@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tools.profile_loader import main
 
@@ -43,3 +44,41 @@ def test_dali_operator_costs_run(sample_shards) -> None:
     costs = operator_costs(frame_bytes(open_split(sample_shards, "train", verify_offsets=False), 20), 0.05)
     assert len(costs) == 12 and all(0 < ms < 1000 for ms in costs.values())
     assert costs["resize to 224², nearest"] < costs["resize to 224², cubic"]  # 0.09 vs 1.1 ms measured
+
+
+@pytest.mark.slow
+def test_profile_measures_the_host_side(sample_shards, tmp_path) -> None:
+    """dali-host (range reads, the GPU presets') and dali-host-whole: the GPU graph's CPU nodes alone."""
+    out = tmp_path / "h.json"
+    code = main(["--shards", str(sample_shards), "--loaders", "dali-host,dali-host-whole,dali-range",
+                 "--workloads", "tcore", "--batches", "2", "--repeats", "1", "--warmup", "1", "--batch", "4",
+                 "--json", str(out), "global_size=32", "local_size=16", "num_local=2"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    loaders = report["workloads"]["tcore"]["loaders"]
+    for name in ("dali-host", "dali-host-whole"):
+        assert set(loaders[name]) >= KEYS and loaders[name]["triplets_per_s"] > 0
+        assert loaders[name]["cpu_ms_per_triplet"] > 0
+    # the host side is a small part of what the all-CPU graph spends
+    assert report["ratios"]["tcore"]["dali-host/dali-range cpu"] < 0.5
+    assert loaders["dali-host"]["bytes_read_per_triplet"] < 0.5 * loaders["dali-host-whole"]["bytes_read_per_triplet"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_profile_refuses_cuda_without_a_gpu(sample_shards, tmp_path, capsys) -> None:
+    out = tmp_path / "never.json"
+    code = main(["--shards", str(sample_shards), "--device", "cuda", "--json", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "CUDA" in err[0] and not out.exists()
+
+
+def test_parallelism_is_capped_on_big_hosts(monkeypatch) -> None:
+    """On a 128-core host the profiler starts what the work needs, not a process per core."""
+    from tools.profile_loader import MAX_PARALLEL, parse_args
+
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    args = parse_args(["--shards", "x"])
+    assert args.workers == MAX_PARALLEL == 16 and args.warmup == 2 * 16 + 2
+    assert parse_args(["--shards", "x", "--batch", "4"]).workers == 4  # at most one per sample
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert parse_args(["--shards", "x"]).workers == 2

@@ -72,7 +72,8 @@ def test_30_step_cpu_run_loss_falls(straight_run):
     assert sorted(recs) == list(range(1, 31))
     assert set(recs[30]) >= REQUIRED
     losses = [recs[s]["loss"] for s in range(1, 31)]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    # thirds of the run: a 5-step window moves by ~0.3 between runs that differ only in float order
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
     for name in ("teacher.pth", "loss_curves.png", "config.yaml", "summary.json"):
         assert (straight_run / name).is_file(), name
     assert any((straight_run / "tb").iterdir())

@@ -121,13 +121,16 @@ def opencv_costs(seconds: float) -> dict[str, float]:
     return out
 
 
-ABLATIONS = {  # name: PipelineConfig overrides
+ABLATIONS = {  # name: PipelineConfig overrides (the full graph is the reference code's recipe)
     "full tcore graph": {},
     "no colour jitter or grayscale": {"jitter_p": 0.0, "grayscale_p": 0.0},
+    "contrast about 128 (contrast_pivot: mid)": {"contrast_pivot": "mid"},
     "linear global crops": {"global_interp": "linear"},
-    "bicubic context crops": {"context_interp": "cubic"},
+    "linear context crops": {"context_interp": "linear"},
+    "linear local crops": {"local_interp": "linear"},
     "no local crops": {"num_local": 0},
     "no blur": {"blur_p": (0.0, 0.0, 0.0)},
+    "blur window ceil(3 sigma) (blur_kernel: 0)": {"blur_kernel": 0},
     "no solarize": {"solarize_p": 0.0},
 }
 

@@ -1,7 +1,8 @@
 """Profile the triplet loaders on one shard directory: ``python -m tools.profile_loader --shards DIR``.
 
 For each workload (``tcore``: the full T-CoRe view set; ``simple``: one random-resized crop per
-frame) and each loader (``dali``, ``dali-range``, ``torch``, ``mp4``, ``ffcv``), after warm-up:
+frame) and each loader (``dali``, ``dali-range``, ``dali-host``, ``dali-host-whole``, ``torch``,
+``mp4``, ``ffcv``), after warm-up:
 triplets/s and frames/s (median of repeats), decoded frames per delivered frame, first-batch
 latency, CPU utilisation (share of all cores, the loader's process tree), CPU milliseconds per
 triplet (the figure that other jobs on a shared machine disturb least), peak RSS, bytes read
@@ -9,11 +10,22 @@ per triplet; plus the decode ceiling (this machine decoding the shards' JPEGs al
 each loader as a fraction of it, and the DALI loaders' speed ratios to the others in the same
 run (``ratios``). Prints a table, writes ``--json`` and ``--png``. Trailing
 ``key=value`` arguments override ``PipelineConfig`` fields (e.g. ``global_size=112``).
+
+``dali-host`` / ``dali-host-whole`` build only the graph's host side (``pipeline.host``: what a
+GPU run keeps on the CPU: reads, frame and parameter draws, byte slicing) on the CPU, in range
+mode (the GPU presets') and whole mode; their ``cpu_ms_per_triplet`` is the host CPU a GPU run
+spends per triplet (the mixed decoder's own host work excepted).
+
+Parallelism is what the work needs, not what the machine has: DALI threads, range readers,
+DataLoader and FFCV workers and the decode-ceiling processes are at most ``MAX_PARALLEL`` (and
+DALI threads at most one per sample of a batch), so a 128-core host neither starts hundreds of
+processes nor runs out of memory or file handles.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -23,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from model.device import resolve_device
 from pipeline.bench import dali_decode_rate, frame_bytes, measure, pil_decode_rate
 from pipeline.config import PipelineConfig
 from pipeline.dataset import open_split, read_card
@@ -30,8 +43,18 @@ from pipeline.loader import build_loader, parse_device
 from pipeline.reference import ReferenceLoader
 from tools.config import load_config, parse_overrides
 
-LOADERS = ["dali", "dali-range", "torch", "mp4", "ffcv"]
+LOADERS = ["dali", "dali-range", "dali-host", "dali-host-whole", "torch", "mp4", "ffcv"]
 WORKLOADS = ["tcore", "simple"]
+# loader: (read mode, graph); dali-host is the GPU presets' host side (range reads)
+DALI = {"dali": ("whole", "cpu"), "dali-range": ("range", "cpu"), "dali-host": ("range", "host"),
+        "dali-host-whole": ("whole", "host")}
+HOST_BATCHES = 8  # dali-host loaders run this many times --batches per repeat
+MAX_PARALLEL = 16  # each DataLoader / range worker is a process of ~0.3 GB; a batch of 32 splits no finer
+
+
+def parallelism(batch: int) -> int:
+    """Workers (processes) for a loader: the cores, at most MAX_PARALLEL and one per sample of a batch."""
+    return max(1, min(os.cpu_count() or 1, MAX_PARALLEL, batch))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,9 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "loader holds ready, so the timed batches are made while timed)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--split", default="train")
-    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    ap.add_argument("--device", default="auto", help="auto (cuda when usable, else cpu), cpu, cuda or cuda:N; "
+                    "cuda without a usable GPU is an error")
     ap.add_argument("--root", default=None, help="the source collection (for mp4; default: the sample tree)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader/FFCV workers")
+    ap.add_argument("--workers", type=int, default=None,
+                    help=f"DataLoader/FFCV workers and range readers (default: cores, at most {MAX_PARALLEL} and the batch)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
     ap.add_argument("overrides", nargs="*", help="PipelineConfig overrides, key=value")
@@ -59,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad:
             ap.error(f"--{name}: unknown {bad}; choose from {allowed}")
         setattr(args, name, items)
+    if args.workers is None:
+        args.workers = parallelism(args.batch)
     if args.warmup is None:
         args.warmup = 2 * args.workers + 2
     return args
@@ -75,20 +102,25 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
     """Measure one loader on one workload; returns its entry (or {"skipped": reason})."""
     # enough samples that no loader's read-ahead (workers × prefetch batches) reaches the end of
     # the epoch during the timed batches: reads and CPU are then those of the batches timed
-    needed = (1 + args.warmup + args.repeats * args.batches + 4 * args.workers + 4) * args.batch
+    # the host-side loaders are ~100× faster: more batches keep their CPU time well above the clock tick
+    batches = args.batches * (HOST_BATCHES if name.startswith("dali-host") else 1)
+    needed = (1 + args.warmup + args.repeats * batches + 4 * args.workers + 4) * args.batch
     repeat = math.ceil(needed / len(split.samples)) + 1
-    threads = os.cpu_count() or 1
-    # DALI threads: one more than cores unless overridden (measured on 2 cores, simple workload:
-    # CPU use 66 % -> 84 % of the cores, as each operator's last samples leave threads idle)
-    dali_threads = base.num_threads if "num_threads" in parse_overrides(args.overrides) else threads + 1
+    # DALI threads: one more than the cores used unless overridden (measured on 2 cores, simple
+    # workload: CPU use 66 % -> 84 % of the cores, as each operator's last samples leave threads
+    # idle), at most one per sample
+    dali_threads = min(args.workers + 1, args.batch)
+    if "num_threads" in parse_overrides(args.overrides):
+        dali_threads = base.num_threads
     cfg = PipelineConfig(**{**base.__dict__, "workload": workload, "repeat": repeat, "num_threads": dali_threads,
-                            "range_workers": threads, "verify_offsets": False,
+                            "range_workers": args.workers, "verify_offsets": False,
                             "shuffle_buffer": min(base.shuffle_buffer, 2 * args.batch)})
-    if name in ("dali", "dali-range"):
-        cfg.read_mode = "range" if name == "dali-range" else "whole"
+    if name in DALI:
+        cfg.read_mode, graph = DALI[name]
+        on = "host" if graph == "host" else device
 
         def make():
-            return build_loader(cfg, args.shards, batch_size=args.batch, device=device).iter_epoch(0)
+            return build_loader(cfg, args.shards, batch_size=args.batch, device=on).iter_epoch(0)
     elif name in ("torch", "mp4"):
         root = args.root or default_root(Path(args.shards))
         if name == "mp4" and (root is None or not Path(root).is_dir()):
@@ -114,22 +146,24 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
         # FFCV maps the file (no read() for rchar to see): count the .beton's bytes per triplet
         r["bytes_read_per_triplet"] = max(r["bytes_read_per_triplet"], path.stat().st_size / (len(split.samples) * repeat))
         return r
-    return measure(make, batch_size=args.batch, batches=args.batches, repeats=args.repeats, warmup=args.warmup)
+    return measure(make, batch_size=args.batch, batches=batches, repeats=args.repeats, warmup=args.warmup)
 
 
-def ceiling(split, dali_device: str, device_id) -> dict:
-    """Frames/s of decoding the shards' JPEGs alone with PIL and with DALI; triplets = best / 3."""
+def ceiling(split, dali_device: str, device_id, workers: int) -> dict:
+    """Frames/s of decoding the shards' JPEGs alone with PIL and with DALI (``workers`` processes or
+    threads, as the loaders get); triplets = best / 3."""
     jpegs = frame_bytes(split)
-    pil = pil_decode_rate(jpegs)
-    dali = dali_decode_rate(jpegs, dali_device, device_id)
+    pil = pil_decode_rate(jpegs, workers)
+    dali = dali_decode_rate(jpegs, dali_device, device_id, workers)
     return {"pil_frames_per_s": pil, "dali_frames_per_s": dali, "triplets_per_s": max(pil, dali) / 3,
             "jpeg_bytes_mean": sum(map(len, jpegs)) / len(jpegs)}
 
 
-def describe_device(device: str) -> str:
+def describe_device(device: str, workers: int) -> str:
+    cores = f"{workers} of {os.cpu_count()} CPU cores"
     if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(parse_device(device)[2])} (+{os.cpu_count()} CPU cores)"
-    return f"cpu ({os.cpu_count()} cores)"
+        return f"{torch.cuda.get_device_name(parse_device(device)[2])} (+{cores})"
+    return f"cpu ({cores})"
 
 
 def ratios(report: dict) -> dict:
@@ -139,6 +173,10 @@ def ratios(report: dict) -> dict:
         rates = {k: v["triplets_per_s"] for k, v in entry["loaders"].items() if "triplets_per_s" in v}
         out[workload] = {f"{d}/{o}": rates[d] / rates[o] for d in ("dali", "dali-range") if d in rates
                          for o in rates if not o.startswith("dali")}
+        for host, full in (("dali-host", "dali-range"), ("dali-host-whole", "dali")):  # host share of CPU use
+            if host in rates and full in rates:
+                out[workload][f"{host}/{full} cpu"] = (entry["loaders"][host]["cpu_ms_per_triplet"]
+                                                       / entry["loaders"][full]["cpu_ms_per_triplet"])
         for d in ("dali", "dali-range"):
             if d in rates:
                 out[workload][f"{d}/ceiling"] = rates[d] / report["ceiling_triplets_per_s"]
@@ -194,17 +232,17 @@ def plot(report: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base = load_config(PipelineConfig, None, args.overrides)
-    base.split = args.split
     try:
+        device = str(resolve_device(args.device))
+        base = load_config(PipelineConfig, None, args.overrides)
+        base.split = args.split
         split = open_split(args.shards, args.split)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     dali_device, device_id, _ = parse_device(device)
-    ceil = ceiling(split, dali_device, device_id)
-    report = {"device": describe_device(device), "ceiling_triplets_per_s": ceil["triplets_per_s"],
+    ceil = ceiling(split, dali_device, device_id, args.workers)
+    report = {"device": describe_device(device, args.workers), "ceiling_triplets_per_s": ceil["triplets_per_s"],
               "ceiling": ceil, "batch": args.batch, "batches": args.batches, "repeats": args.repeats,
               "split_samples": len(split.samples), "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.loaders:
                 print(f"profiling {name} on {workload} ...", file=sys.stderr, flush=True)
                 r = run_one(name, workload, args, base, split, device, Path(tmp))
+                gc.collect()  # the loader's pipeline and workers go before the next loader is measured
                 if "triplets_per_s" in r:
                     r["fraction_of_ceiling"] = r["triplets_per_s"] / ceil["triplets_per_s"]
                 entries[name] = r
