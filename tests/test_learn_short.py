@@ -20,7 +20,7 @@ from tools.learn_check import CheckConfig, build_data, collapse_verdict, final_s
 
 
 @pytest.mark.slow
-def test_small_preset_leaves_uniform_collapse_that_reference_layerscale_keeps(tmp_path):
+def test_small_preset_trains_without_the_collapse_reference_layerscale_gives(tmp_path):
     cfg = CheckConfig(out=str(tmp_path / "lc"), seeds=[0], n_train=48, n_val=4, n_davis=1,
                       overrides=["train.log_every=5"])
     _, shards = build_data(cfg, print)
