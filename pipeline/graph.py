@@ -1,4 +1,4 @@
-"""The DALI graph: shards → 3 frame ids → 3 JPEG byte slices → decode → T-CoRe views.
+"""The DALI graph: shards → frame ids → JPEG byte slices → decode → T-CoRe views or clips.
 
 ``make_pipeline`` is the one place that turns a device string into DALI placement: ``"gpu"``
 decodes with ``fn.decoders.image(device="mixed")`` (nvJPEG, and the hardware JPEG decoder of
@@ -12,6 +12,11 @@ Outputs, per sample, in ``output_names(cfg)`` order: ``current_global`` [G,3,H,W
 index, frame count, sample id; -1 in whole mode), in whole mode ``meta`` (the sample's JSON
 bytes), and with ``raw_size`` > 0 ``raw`` [3,S,S,3] uint8: the decoded frames' top-left
 corners, un-augmented.
+
+Clip workloads (``dualvar``, ``cstp``, ``localglobal``; ``pipeline.clip_views``): the clip
+outputs and labels of ``pipeline.clip_plan.layout_of(cfg)``, then ``info`` [N + 2] int64 (the N
+slots' frames, frame count, sample id or -1) and in whole mode ``meta``. The workload picks its
+host and device side in ``host_side`` and ``triplet_graph``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ from dataclasses import dataclass
 from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.augment import simple_view, tcore_views
+from pipeline.clip_plan import CLIP_WORKLOADS, layout_of
+from pipeline.clip_views import (
+    ClipParamSource,
+    WholeClipPlan,
+    clip_outputs,
+    read_clips_range,
+    read_clips_whole,
+)
 from pipeline.config import PipelineConfig
 from pipeline.host import Host, ParamSource, WholePlan, read_range, read_whole
 from pipeline.range_source import RangeSource
@@ -36,18 +49,21 @@ class GraphInputs:
     settings, parameter source and plan function."""
 
     source: RangeSource | None = None
-    params: ParamSource | None = None
+    params: ParamSource | ClipParamSource | None = None
     files: list[str] | None = None
     index_files: list[str] | None = None
     shard_id: int = 0
     num_shards: int = 1
     reader_seed: int = 0
     initial_fill: int = 1
-    plan: WholePlan | None = None
+    plan: WholePlan | WholeClipPlan | None = None
 
 
 def output_names(cfg: PipelineConfig) -> list[str]:
     """Names of the pipeline's outputs, in order."""
+    if cfg.workload in CLIP_WORKLOADS:
+        lay = layout_of(cfg)
+        return [*lay.outputs, *lay.labels, "info"] + (["meta"] if cfg.read_mode == "whole" else [])
     names = ["current_global"]
     if cfg.workload == "tcore" and cfg.num_local > 0:
         names.append("current_local")
@@ -65,6 +81,10 @@ def host_output_names(cfg: PipelineConfig, inputs: GraphInputs) -> list[str]:
 
 
 def host_side(cfg: PipelineConfig, inputs: GraphInputs) -> Host:
+    if cfg.workload in CLIP_WORKLOADS:
+        if inputs.source is not None:
+            return read_clips_range(inputs.source, inputs.params)
+        return read_clips_whole(cfg, inputs, inputs.params, inputs.plan)
     if inputs.source is not None:
         return read_range(inputs.source, inputs.params)
     return read_whole(cfg, inputs.files, inputs.index_files, inputs.shard_id, inputs.num_shards,
@@ -82,6 +102,8 @@ def triplet_graph(cfg: PipelineConfig, device: str, inputs: GraphInputs):
     dec_kwargs = {"hw_decoder_load": cfg.hw_decoder_load} if device == "gpu" else {}
     out_dtype = OUT_DTYPES[cfg.dtype]
     tail = (host.info,) + ((host.meta,) if host.meta is not None else ())
+    if cfg.workload in CLIP_WORKLOADS:
+        return (*clip_outputs(host, cfg, decoder_device, out_dtype, **dec_kwargs), *tail)
     if cfg.workload == "simple":
         cur, past, fut = (simple_view(host.jpegs[i], v, host.params, decoder_device, cfg, out_dtype, **dec_kwargs)
                           for i, v in ((1, "current"), (0, "past"), (2, "future")))
@@ -101,6 +123,8 @@ def make_pipeline(cfg: PipelineConfig, device: str, device_id: int | None, *, ba
     """Build the graph for ``device`` ("gpu", "cpu" or "host") over ``inputs``."""
     if device not in DEVICES:
         raise ValueError(f"pipeline device must be one of {DEVICES}, got {device!r}")
+    if device == "host" and cfg.workload in CLIP_WORKLOADS:
+        raise ValueError(f"pipeline device 'host' (host side only) is not available for the clip workload {cfg.workload}")
     if cfg.raw_size and cfg.workload != "tcore":
         raise ValueError("pipeline.raw_size needs pipeline.workload=tcore")
     extra = {}
