@@ -73,6 +73,8 @@ def output_names(cfg: PipelineConfig) -> list[str]:
 
 def host_output_names(cfg: PipelineConfig, inputs: GraphInputs) -> list[str]:
     """Names of a ``"host"`` pipeline's outputs, in order."""
+    if cfg.workload in CLIP_WORKLOADS:
+        raise ValueError(f"pipeline device 'host' (host side only) is not available for the clip workload {cfg.workload}")
     if inputs.source is not None:
         params = inputs.params.names
     else:
@@ -123,8 +125,6 @@ def make_pipeline(cfg: PipelineConfig, device: str, device_id: int | None, *, ba
     """Build the graph for ``device`` ("gpu", "cpu" or "host") over ``inputs``."""
     if device not in DEVICES:
         raise ValueError(f"pipeline device must be one of {DEVICES}, got {device!r}")
-    if device == "host" and cfg.workload in CLIP_WORKLOADS:
-        raise ValueError(f"pipeline device 'host' (host side only) is not available for the clip workload {cfg.workload}")
     if cfg.raw_size and cfg.workload != "tcore":
         raise ValueError("pipeline.raw_size needs pipeline.workload=tcore")
     extra = {}

@@ -29,7 +29,8 @@ its batches hold the bookkeeping and ``host``, the raw DALI outputs.
 
 Clip workloads (``dualvar``, ``cstp``, ``localglobal``): the clips and labels of the batch
 contract in ``pipeline/clips.py`` (clips on the device, labels on the CPU), and ``frame_idx``
-[B, N] the stored frame of each of the N decoded JPEG slots (``pipeline.clip_plan``).
+[B, N] the stored frame of each of the N decoded JPEG slots (``pipeline.clip_plan``), ``decoded``
+[B] = N.
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ class TripletLoader:
             slots = lay.slots
             batch.update({n: _to_torch(raw[n], self.dtype) for n in lay.outputs})
             batch.update({n: _to_torch(raw[n], None).clone() for n in lay.labels})  # CPU; DALI reuses its buffers
+            batch["decoded"] = torch.full((len(raw["info"]),), slots, dtype=torch.int64)  # JPEGs decoded per sample
         else:
             batch.update({n: _to_torch(raw[n], self.dtype) for n in IMAGES if n in raw})
             if "current_local" not in batch:
