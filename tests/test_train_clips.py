@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,26 @@ def records(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
+@pytest.fixture(scope="module")
+def thirty_steps(clip_shards, tmp_path_factory):
+    """``get(method)``: the output directory of one 30-step tiny run (made once per module)."""
+    done: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in done:
+            out = tmp_path_factory.mktemp(method)
+            assert main(["--shards", str(clip_shards), "--config", preset(method), "--out", str(out),
+                         "train.max_steps=30", "train.log_every=1", "train.tensorboard=false"]) == 0
+            done[method] = out
+        return done[method]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dualvar", "cstp", "localglobal"])
-def test_30_step_cpu_run_lowers_the_loss_and_exports(clip_shards, tmp_path, method):
-    out = tmp_path / method
-    args = ["--shards", str(clip_shards), "--config", preset(method), "--out", str(out), "train.max_steps=30",
-            "train.log_every=1", "train.tensorboard=false"]
-    assert main(args) == 0
+def test_30_step_cpu_run_lowers_the_loss_and_exports(thirty_steps, method):
+    out = thirty_steps(method)
     recs = records(out)
     assert [r["step"] for r in recs] == list(range(1, 31))
     assert TERMS[method] | {"loss", "lr"} <= set(recs[0])
@@ -76,3 +90,21 @@ def test_method_and_workload_must_agree(clip_shards, capsys):
     assert code == 2 and "num_local" in capsys.readouterr().err
     code = main(["--shards", str(clip_shards), "method=nope"])
     assert code == 2 and "method" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(thirty_steps, clip_shards, tmp_path):
+    """CSTP (EMA target, BN statistics, SGD momentum) resumed from the 30-step run's step-20
+    checkpoint: steps 21-30 equal the uninterrupted run's."""
+    straight = thirty_steps("cstp")
+    ckpt = next(p for p in (straight / "checkpoints").glob("*.pth") if int(p.stem.split("_")[1]) == 20)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(ckpt, tmp_path / "checkpoints" / ckpt.name)
+    assert main(["--shards", str(clip_shards), "--config", preset("cstp"), "--out", str(tmp_path),
+                 "train.max_steps=30", "train.log_every=1", "train.tensorboard=false"]) == 0
+    want = {r["step"]: r for r in records(straight)}
+    got = {r["step"]: r for r in records(tmp_path)}
+    assert sorted(got) == list(range(21, 31))
+    for step in got:
+        for key in TERMS["cstp"] | {"loss", "lr", "momentum"}:
+            assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
