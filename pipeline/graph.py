@@ -16,7 +16,7 @@ corners, un-augmented.
 Clip workloads (``dualvar``, ``cstp``, ``localglobal``; ``pipeline.clip_views``): the clip
 outputs and labels of ``pipeline.clip_plan.layout_of(cfg)``, then ``info`` [N + 2] int64 (the N
 slots' frames, frame count, sample id or -1) and in whole mode ``meta``. The workload picks its
-host and device side in ``host_side`` and ``triplet_graph``.
+host side in ``host_side`` and its device side from ``DEVICE_SIDES``.
 """
 
 from __future__ import annotations
@@ -93,6 +93,33 @@ def host_side(cfg: PipelineConfig, inputs: GraphInputs) -> Host:
                       inputs.reader_seed, inputs.initial_fill, inputs.params, inputs.plan)
 
 
+def tcore_side(host: Host, cfg: PipelineConfig, decoder_device: str, out_dtype, dec_kwargs: dict) -> tuple[list, list]:
+    """T-CoRe's views (before ``info``) and the debug ``raw`` frames (after it)."""
+    imgs = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB, **dec_kwargs) for j in host.jpegs]
+    cur_global, cur_local, past, fut = tcore_views(imgs, host.params, cfg, out_dtype)
+    raw = []
+    if cfg.raw_size:
+        raw = [fn.stack(*[fn.crop(im, crop=[cfg.raw_size] * 2, crop_pos_x=0.0, crop_pos_y=0.0,
+                                  out_of_bounds_policy="pad") for im in imgs])]
+    return [cur_global] + ([cur_local] if cur_local is not None else []) + [past, fut], raw
+
+
+def simple_side(host: Host, cfg: PipelineConfig, decoder_device: str, out_dtype, dec_kwargs: dict) -> tuple[list, list]:
+    """One crop of each frame: current, past, future."""
+    return [simple_view(host.jpegs[i], v, host.params, decoder_device, cfg, out_dtype, **dec_kwargs)
+            for i, v in ((1, "current"), (0, "past"), (2, "future"))], []
+
+
+def clip_side(host: Host, cfg: PipelineConfig, decoder_device: str, out_dtype, dec_kwargs: dict) -> tuple[list, list]:
+    """A clip workload's clips and labels (``pipeline.clip_views``)."""
+    return clip_outputs(host, cfg, decoder_device, out_dtype, **dec_kwargs), []
+
+
+# the device side of each workload: (outputs before info/meta, outputs after them)
+DEVICE_SIDES = {"tcore": tcore_side, "simple": simple_side, "dualvar": clip_side, "cstp": clip_side,
+                "localglobal": clip_side}
+
+
 @pipeline_def
 def triplet_graph(cfg: PipelineConfig, device: str, inputs: GraphInputs):
     """The whole graph for one rank (or only its host side); see the module docstring."""
@@ -102,22 +129,9 @@ def triplet_graph(cfg: PipelineConfig, device: str, inputs: GraphInputs):
         return (*host.jpegs, host.info, *meta, *[host.params[n] for n in host_output_names(cfg, inputs)[4 + len(meta):]])
     decoder_device = "mixed" if device == "gpu" else "cpu"
     dec_kwargs = {"hw_decoder_load": cfg.hw_decoder_load} if device == "gpu" else {}
-    out_dtype = OUT_DTYPES[cfg.dtype]
     tail = (host.info,) + ((host.meta,) if host.meta is not None else ())
-    if cfg.workload in CLIP_WORKLOADS:
-        return (*clip_outputs(host, cfg, decoder_device, out_dtype, **dec_kwargs), *tail)
-    if cfg.workload == "simple":
-        cur, past, fut = (simple_view(host.jpegs[i], v, host.params, decoder_device, cfg, out_dtype, **dec_kwargs)
-                          for i, v in ((1, "current"), (0, "past"), (2, "future")))
-        return (cur, past, fut, *tail)
-    imgs = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB, **dec_kwargs) for j in host.jpegs]
-    cur_global, cur_local, past, fut = tcore_views(imgs, host.params, cfg, out_dtype)
-    outs = [cur_global] + ([cur_local] if cur_local is not None else []) + [past, fut, *tail]
-    if cfg.raw_size:
-        raw = [fn.crop(im, crop=[cfg.raw_size] * 2, crop_pos_x=0.0, crop_pos_y=0.0,
-                       out_of_bounds_policy="pad") for im in imgs]
-        outs.append(fn.stack(*raw))
-    return tuple(outs)
+    views, extra = DEVICE_SIDES[cfg.workload](host, cfg, decoder_device, OUT_DTYPES[cfg.dtype], dec_kwargs)
+    return (*views, *tail, *extra)
 
 
 def make_pipeline(cfg: PipelineConfig, device: str, device_id: int | None, *, batch_size: int,
