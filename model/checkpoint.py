@@ -276,7 +276,8 @@ class CheckpointWriter:
             self._pool.shutdown(wait=True)
 
 
-_REQUIRED = ("step", "student", "teacher", "optimizer", "centres")
+_REQUIRED = ("step", "student", "optimizer")
+_REQUIRED_BY_METHOD = {"tcore": ("teacher", "centres")}  # a checkpoint without "method" is T-CoRe's
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -285,8 +286,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
-        missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
+    required = _REQUIRED + (_REQUIRED_BY_METHOD.get(state.get("method", "tcore"), ()) if isinstance(state, dict) else ())
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
         raise ValueError(f"checkpoint {path} is unreadable (missing entries {missing})")
     return state
 

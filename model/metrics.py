@@ -14,9 +14,11 @@ LOSS_KEYS = ("loss", "loss_dino", "loss_koleo", "loss_pt", "loss_ft", "loss_pf")
 
 def format_line(rec: dict[str, Any]) -> str:
     """One console line from a metrics record."""
-    losses = " ".join(f"{k.removeprefix('loss_')}={rec[k]:.4f}" for k in LOSS_KEYS if k in rec)
-    return (f"step {rec['step']:>7} ep {rec.get('epoch', 0):>4} | {losses} | lr {rec['lr']:.2e} "
-            f"wd {rec.get('wd', 0):.3f} m {rec.get('momentum', 0):.5f} T {rec.get('teacher_temp', 0):.4f} | "
+    keys = [k for k in LOSS_KEYS if k in rec] + [k for k in rec if k.startswith("loss_") and k not in LOSS_KEYS]
+    losses = " ".join(f"{k.removeprefix('loss_')}={rec[k]:.4f}" for k in keys)
+    sched = "".join(f" {label} {rec[k]:{fmt}}" for k, label, fmt in
+                    (("wd", "wd", ".3f"), ("momentum", "m", ".5f"), ("teacher_temp", "T", ".4f")) if k in rec)
+    return (f"step {rec['step']:>7} ep {rec.get('epoch', 0):>4} | {losses} | lr {rec['lr']:.2e}{sched} | "
             f"{rec['samples_per_s']:.1f} samples/s data {100 * rec['data_wait']:.0f}% "
             f"mem {rec.get('memory_gb', 0):.2f} GB")
 

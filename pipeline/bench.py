@@ -93,8 +93,11 @@ class PeakRss:
 
 
 def measure(make_iter: Callable[[], Iterator[dict]], *, batch_size: int, batches: int, repeats: int,
-            warmup: int) -> dict[str, float]:
-    """Run a loader: first-batch latency, then ``repeats`` timed runs of ``batches`` batches."""
+            warmup: int, frames_per_sample: int = 3) -> dict[str, float]:
+    """Run a loader: first-batch latency, then ``repeats`` timed runs of ``batches`` batches.
+
+    A sample is a triplet (3 frames) or, for a clip workload, its clips (``frames_per_sample``
+    delivered frames); "triplets" in the names below are samples."""
     ncpu = os.cpu_count() or 1
     with PeakRss() as peak:
         start, t0 = tree_usage(process_tree()), time.perf_counter()
@@ -108,7 +111,7 @@ def measure(make_iter: Callable[[], Iterator[dict]], *, batch_size: int, batches
             before, t = tree_usage(process_tree()), time.perf_counter()
             for _ in range(batches):
                 b = next(it)
-                decoded += float(b["decoded"].sum()) if "decoded" in b else 3.0 * batch_size
+                decoded += float(b["decoded"].sum()) if "decoded" in b else float(frames_per_sample * batch_size)
             dt, after = time.perf_counter() - t, tree_usage(process_tree())
             rates.append(batches * batch_size / dt)
             cpu, wall = cpu + after["cpu"] - before["cpu"], wall + dt
@@ -120,7 +123,8 @@ def measure(make_iter: Callable[[], Iterator[dict]], *, batch_size: int, batches
         delivered = (1 + warmup) * batch_size + triplets
         del it
     tps = statistics.median(rates)
-    return {"triplets_per_s": tps, "frames_per_s": 3 * tps, "decoded_per_delivered": decoded / (3 * triplets),
+    return {"triplets_per_s": tps, "frames_per_s": frames_per_sample * tps,
+            "decoded_per_delivered": decoded / (frames_per_sample * triplets),
             "first_batch_s": first, "cpu_util": cpu / wall / ncpu, "cpu_ms_per_triplet": 1000 * cpu / triplets,
             "peak_rss_mb": peak.peak / 2**20,
             "bytes_read_per_triplet": rchar / delivered, "repeats_triplets_per_s": rates}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from pipeline.clips import CSTPSampling, DualVarSampling, LocalGlobalSampling
+
+WORKLOADS = ("tcore", "simple", "dualvar", "cstp", "localglobal")
 
 
 @dataclass
@@ -19,7 +23,8 @@ class PipelineConfig:
     sampling: Literal["sandwich", "gap"] = "sandwich"  # T-CoRe rule, or absolute gap in frames
     gap_min: int = 4
     gap_max: int = 48
-    workload: Literal["tcore", "simple"] = "tcore"  # full T-CoRe views, or one crop per frame
+    # full T-CoRe views, one crop per frame, or the clips of a clip method (pipeline/clip_plan.py)
+    workload: Literal["tcore", "simple", "dualvar", "cstp", "localglobal"] = "tcore"
     num_global: int = 2
     num_local: int = 8
     global_size: int = 224
@@ -60,6 +65,16 @@ class PipelineConfig:
     raw_size: int = 0  # debug: also output the 3 frames' top-left raw_size² pixels, un-augmented
     repeat: int = 1  # passes over the split per loader epoch (>1 lengthens epochs of tiny splits)
     seed: int = 0
+    # clip workloads: the sampling rules of pipeline/clips.py (only the chosen workload's is used)
+    # and the clips' look; colour jitter, grey, blur sigma/kernel, mean and std are the keys above
+    dualvar: DualVarSampling = field(default_factory=DualVarSampling)
+    cstp: CSTPSampling = field(default_factory=CSTPSampling)
+    localglobal: LocalGlobalSampling = field(default_factory=LocalGlobalSampling)
+    clip_size: int = 112  # side of every delivered clip (localglobal: the global clip)
+    local_clip_size: int = 112  # localglobal's local clips
+    clip_interp: Literal["cubic", "linear"] = "linear"
+    clip_blur_p: float = 0.5  # per clip, among the clips that get colour augmentation
+    clip_tilt: float = 10.0  # cstp's strong augmentation: rotation U(-tilt, tilt) degrees on top of the quarter turns
 
     def validate(self) -> None:
         """Raise ValueError on values that cannot work."""
@@ -88,8 +103,14 @@ class PipelineConfig:
         if self.blur_kernel != 0 and (self.blur_kernel < 3 or self.blur_kernel % 2 == 0):
             raise ValueError(f"pipeline.blur_kernel must be 0 or an odd number >= 3, got {self.blur_kernel}")
         for name, allowed in (("jitter_order", ("random", "fixed")), ("contrast_pivot", ("mean", "mid")),
-                              ("read_mode", ("whole", "range")), ("workload", ("tcore", "simple"))):
+                              ("read_mode", ("whole", "range")), ("workload", WORKLOADS),
+                              ("clip_interp", ("cubic", "linear"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"pipeline.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.clip_size < 8 or self.local_clip_size < 8 or not 0.0 <= self.clip_blur_p <= 1.0:
+            raise ValueError("pipeline.clip_size and local_clip_size must be >= 8, clip_blur_p in [0, 1]")
+        if self.workload == "dualvar" and self.dualvar.frames % self.dualvar.segments:
+            raise ValueError(f"pipeline.dualvar.frames ({self.dualvar.frames}) must split into "
+                             f"{self.dualvar.segments} equal segments")
         if self.raw_size < 0:
             raise ValueError(f"pipeline.raw_size must be >= 0, got {self.raw_size}")

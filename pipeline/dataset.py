@@ -38,6 +38,7 @@ class SampleRef:
     source: str
     height: int = 0  # frame size from the manifest (every frame of a clip has it)
     width: int = 0
+    fps: float = 0.0  # frame rate of the stored frames (manifest)
 
     def frame_jpegs(self) -> list[bytes]:
         """Every frame's JPEG bytes, read straight from the tar with two ``pread`` calls."""
@@ -164,4 +165,4 @@ def _sample_ref(tar: Path, members: dict[str, Member], manifest: dict[str, dict]
                          f"the manifest says {row['num_frames']} frames (inconsistent offsets)")
     return SampleRef(key, str(tar), members["mjpeg"].offset, members["mjpeg"].size,
                      members["offsets"].offset, num_frames, int(row["label_id"]), str(row.get("source") or ""),
-                     int(row.get("height") or 0), int(row.get("width") or 0))
+                     int(row.get("height") or 0), int(row.get("width") or 0), float(row.get("fps") or 0.0))

@@ -26,6 +26,11 @@ L = 0, 1 view), ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0. Bookkeeping sta
 ``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B] int64, ``label`` [B] int64,
 ``key`` list[str]. ``device="host"`` runs only the graph's host side on the CPU (for profiling);
 its batches hold the bookkeeping and ``host``, the raw DALI outputs.
+
+Clip workloads (``dualvar``, ``cstp``, ``localglobal``): the clips and labels of the batch
+contract in ``pipeline/clips.py`` (clips on the device, labels on the CPU), and ``frame_idx``
+[B, N] the stored frame of each of the N decoded JPEG slots (``pipeline.clip_plan``), ``decoded``
+[B] = N.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.clip_plan import CLIP_WORKLOADS, layout_of
+from pipeline.clip_views import ClipParamSource, WholeClipPlan
 from pipeline.config import PipelineConfig
 from pipeline.dataset import Split, open_split
 from pipeline.graph import GraphInputs, host_output_names, make_pipeline, output_names
@@ -123,6 +130,7 @@ class TripletLoader:
         self.dali_device, self.device_id, self.device = parse_device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
         self.names = output_names(cfg)
+        self.clips = cfg.workload in CLIP_WORKLOADS
         self.batches = (len(split.samples) * cfg.repeat // world_size) // batch_size
         self.sizes = np.array([(s.height, s.width) for s in split.samples], dtype=np.int64).reshape(-1, 2)
         self.labels = np.array([s.label_id for s in split.samples], dtype=np.int64)
@@ -145,14 +153,22 @@ class TripletLoader:
             order = EpochOrder(len(self.split.samples), cfg.seed, self.rank, self.world_size, self.batches * b,
                                cfg.repeat)
             source = RangeSource(cfg, self.split.samples, order, clock, b, seed_words)
-            return GraphInputs(source=source, params=ParamSource(cfg, seed_words, clock, b, order, self.sizes))
+            if self.clips:
+                params = ClipParamSource(cfg, seed_words, clock, b, order, source.stats)
+            else:
+                params = ParamSource(cfg, seed_words, clock, b, order, self.sizes)
+            return GraphInputs(source=source, params=params)
         rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
         perm = rng.permutation(len(self.split.tars))
         fill = max(1, min(cfg.shuffle_buffer, len(self.split.samples) // self.world_size))
-        return GraphInputs(params=ParamSource(cfg, seed_words, clock, b), files=[self.split.tars[i] for i in perm],
+        if self.clips:
+            params, plan = ClipParamSource(cfg, seed_words, clock, b), WholeClipPlan(cfg, seed_words)
+        else:
+            params, plan = ParamSource(cfg, seed_words, clock, b), WholePlan(cfg, seed_words)
+        return GraphInputs(params=params, files=[self.split.tars[i] for i in perm],
                            index_files=[self.split.indexes[i] for i in perm], shard_id=self.rank,
                            num_shards=self.world_size, reader_seed=seed_for(cfg.seed, self.rank, epoch),
-                           initial_fill=fill, plan=WholePlan(cfg, seed_words))
+                           initial_fill=fill, plan=plan)
 
     def pipeline(self, epoch: int, start_batch: int = 0):
         """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
@@ -210,8 +226,15 @@ class TripletLoader:
         names = self.host_names if self.dali_device == "host" else self.names
         raw = dict(zip(names, outs))
         batch: dict = {}
+        slots = 3
         if self.dali_device == "host":
             batch["host"] = list(outs)
+        elif self.clips:
+            lay = layout_of(self.cfg)
+            slots = lay.slots
+            batch.update({n: _to_torch(raw[n], self.dtype) for n in lay.outputs})
+            batch.update({n: _to_torch(raw[n], None).clone() for n in lay.labels})  # CPU; DALI reuses its buffers
+            batch["decoded"] = torch.full((len(raw["info"]),), slots, dtype=torch.int64)  # JPEGs decoded per sample
         else:
             batch.update({n: _to_torch(raw[n], self.dtype) for n in IMAGES if n in raw})
             if "current_local" not in batch:
@@ -221,12 +244,12 @@ class TripletLoader:
             if "raw" in raw:
                 batch["raw"] = _to_torch(raw["raw"], None)
         info = _to_torch(raw["info"], torch.int64)
-        batch["frame_idx"], batch["num_frames"] = info[:, :3], info[:, 3]
+        batch["frame_idx"], batch["num_frames"] = info[:, :slots].clone(), info[:, slots].clone()
         if "meta" in raw:
             metas = [json.loads(np.asarray(raw["meta"][i]).tobytes()) for i in range(len(raw["meta"]))]
             batch["key"], labels = [m["key"] for m in metas], [int(m["label_id"]) for m in metas]
         else:
-            ids = info[:, 4].numpy()
+            ids = info[:, slots + 1].numpy()
             batch["key"], labels = [self.split.samples[i].key for i in ids.tolist()], self.labels[ids]
         batch["label"] = torch.as_tensor(labels, dtype=torch.int64)
         return batch

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nvidia.dali import types
 
+from pipeline.clip_plan import CLIP_WORKLOADS, layout_of, plan_batch
 from pipeline.config import PipelineConfig
 from pipeline.dataset import SampleRef
 from pipeline.params import FRAMES, BatchClock, batch_rng
@@ -53,11 +54,9 @@ class EpochOrder:
 
 
 class RangeSource:
-    """Batch callback: JPEGs (past, current, future) and ``info`` [B,5] int64 (the 3 frame indices,
-    the frame count, the sample id)."""
-
-    names = ["jpeg0", "jpeg1", "jpeg2", "info"]
-    dtypes = [types.UINT8] * 3 + [types.INT64]
+    """Batch callback: the JPEGs of N frame slots (tcore: past, current, future; a clip workload:
+    its plan's ``frames``) and ``info`` [B, N + 2] int64 (the N frame indices, the frame count,
+    the sample id)."""
 
     def __init__(self, cfg: PipelineConfig, samples: list[SampleRef], order: EpochOrder, clock: BatchClock,
                  batch_size: int, seed_words: tuple[int, int]):
@@ -67,6 +66,12 @@ class RangeSource:
         tar_id = {t: i for i, t in enumerate(self.tars)}
         self.table = np.array([(tar_id[s.tar], s.mjpeg_offset, s.offsets_offset, s.num_frames) for s in samples],
                               dtype=np.int64).reshape(-1, 4)
+        self.clips = cfg.workload in CLIP_WORKLOADS
+        slots = layout_of(cfg).slots if self.clips else 3
+        self.names = [f"jpeg{i}" for i in range(slots)] + ["info"]
+        self.dtypes = [types.UINT8] * slots + [types.INT64]
+        # clip workloads: what the plan needs per sample (frame count, height, width, frame rate)
+        self.stats = clip_stats(samples) if self.clips else None
         self.prefetch = max(2, cfg.range_workers)  # batches made ahead: one per worker
         self.max_open = MAX_OPEN_FILES
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -98,20 +103,32 @@ class RangeSource:
         b = self.batch_size
         ids = self.order(epoch)[batch * b:(batch + 1) * b]
         rows = self.table[ids]
-        u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
-        frames = triplets(rows[:, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
-        jpegs: list[list[np.ndarray]] = [[], [], []]
+        if self.clips:
+            st = self.stats[ids]
+            frames = plan_batch(self.cfg, self.seed_words, epoch, batch, st[:, 0], st[:, 1], st[:, 2], st[:, 3])["frames"]
+        else:
+            u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
+            frames = triplets(rows[:, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
+        jpegs: list[list[np.ndarray]] = [[] for _ in range(frames.shape[1])]
         for (tar, mjpeg_offset, offsets_offset, _), fr in zip(rows.tolist(), frames.tolist()):
             fd = self._fd(tar)
-            first = fr[0]  # past <= current <= future: one read of the offsets between them
-            span = np.frombuffer(os.pread(fd, 8 * (fr[2] - first + 2), offsets_offset + 8 * first), dtype="<i8")
+            first = min(fr)  # one read of the offsets between the first and the last frame used
+            span = np.frombuffer(os.pread(fd, 8 * (max(fr) - first + 2), offsets_offset + 8 * first), dtype="<i8")
+            read: dict[int, np.ndarray] = {}  # a frame in several slots is read once
             for k, i in enumerate(fr):
-                start, end = int(span[i - first]), int(span[i - first + 1])
-                data = os.pread(fd, end - start, mjpeg_offset + start)
-                if len(data) != end - start:
-                    raise ValueError(f"shard {self.tars[tar]}: short read of frame {i} (truncated tar?)")
-                jpegs[k].append(np.frombuffer(data, dtype=np.uint8))
+                if i not in read:
+                    start, end = int(span[i - first]), int(span[i - first + 1])
+                    data = os.pread(fd, end - start, mjpeg_offset + start)
+                    if len(data) != end - start:
+                        raise ValueError(f"shard {self.tars[tar]}: short read of frame {i} (truncated tar?)")
+                    read[i] = np.frombuffer(data, dtype=np.uint8)
+                jpegs[k].append(read[i])
         return (*jpegs, np.concatenate([frames, rows[:, 3:4], ids[:, None]], axis=1).astype(np.int64))
+
+
+def clip_stats(samples: list[SampleRef]) -> np.ndarray:
+    """``[N, 4]`` float64 per sample: frame count, height, width, frame rate (what a clip plan reads)."""
+    return np.array([(s.num_frames, s.height, s.width, s.fps) for s in samples], dtype=np.float64).reshape(-1, 4)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, per_rank: int,

@@ -44,6 +44,17 @@ def sample_shards(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def clip_shards(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample collection sharded for the clip methods: source frame rate, 128-px short side."""
+    out = tmp_path_factory.mktemp("clip_shards") / "sample"
+    code = shards_main(["--data", "kinetics", "--root", str(sample_root), "--out", str(out),
+                        "--max-per-shard", "4", "--workers", "2", "--fps", "0", "--size", "128"])
+    if code != 0:
+        raise RuntimeError(f"building the clip shards failed with exit code {code}")
+    return out
+
+
+@pytest.fixture(scope="session")
 def val_test_reference(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Output files of a local run (ENGINE=local, local OUT) with ``TWO_PER_SHARD``: what the Ray
     engine and a remote OUT must reproduce byte for byte."""

@@ -82,3 +82,20 @@ def test_parallelism_is_capped_on_big_hosts(monkeypatch) -> None:
     assert parse_args(["--shards", "x", "--batch", "4"]).workers == 4  # at most one per sample
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert parse_args(["--shards", "x"]).workers == 2
+
+
+@pytest.mark.slow
+def test_profile_clip_workloads(clip_shards, tmp_path) -> None:
+    """Clip workloads: samples/s with their frames per sample; decoded/delivered 1 (CSTP), 2/3
+    (DualVar: c3 reuses c1's frames); no torch peer."""
+    out = tmp_path / "clips.json"
+    code = main(["--shards", str(clip_shards), "--loaders", "dali-range,torch", "--workloads", "cstp,dualvar",
+                 "--batches", "1", "--repeats", "1", "--warmup", "0", "--batch", "2", "--json", str(out),
+                 "clip_size=16", "cstp.frames=4", "dualvar.frames=4"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    cstp, dualvar = (report["workloads"][w]["loaders"] for w in ("cstp", "dualvar"))
+    assert set(cstp["dali-range"]) >= KEYS and "skipped" in cstp["torch"]
+    assert cstp["dali-range"]["frames_per_s"] == pytest.approx(8 * cstp["dali-range"]["triplets_per_s"])
+    assert cstp["dali-range"]["decoded_per_delivered"] == 1.0
+    assert dualvar["dali-range"]["decoded_per_delivered"] == pytest.approx(2 / 3)

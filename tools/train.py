@@ -1,4 +1,10 @@
-"""Train T-CoRe on video shards: ``python -m tools.train --shards DIR --config PRESET [key=value ...]``.
+"""Train on video shards: ``python -m tools.train --shards DIR --config PRESET [key=value ...]``.
+
+The run config's ``method`` picks what is trained from ``METHODS``: ``tcore``
+(``tools/train_tcore.py``) or a clip method, ``dualvar``, ``cstp``, ``localglobal``
+(``tools/train_clips.py`` over ``model/<method>.py``, configured by the run config's section of
+that name; ``pipeline.workload`` must be the same name). The loop, logging, checkpoints, resume and
+DDP below are the same for every method.
 
 Runs as one process (CPU or one GPU) or under ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``), one process per GPU on one or more nodes, DDP over NCCL (GPU) or gloo (CPU). The
@@ -12,8 +18,6 @@ consumed as a stream of its own passes, position ``divmod(step, len(loader))``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import resource
 import sys
@@ -24,22 +28,15 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.checkpoint import (
-    CheckpointWriteError,
-    CheckpointWriter,
-    export_teacher,
-    teacher_state_dict,
-)
+from model.checkpoint import CheckpointWriteError, CheckpointWriter
 from model.config import ModelConfig
-from model.masks import MaskMaker, host_masks
+from model.cstp import CSTPConfig
+from model.dualvar import DualVarConfig
+from model.localglobal import LocalGlobalConfig
 from model.metrics import MetricsLogger
-from model.optim import apply_schedules, build_adamw, param_groups
-from model.schedules import Schedules, scaled_lr
-from model.tcore import TCoReStudent, views_from_batch
-from model.teacher import Teacher
 from pipeline.config import PipelineConfig
+from tools import train_clips
 from tools.config import config_to_dict, load_config, save_config
 from tools.distributed import (
     Dist,
@@ -47,6 +44,16 @@ from tools.distributed import (
     kill_once_for_test,
     load_agreed_checkpoint,
     setup_distributed,
+)
+from tools.train_tcore import (  # noqa: F401  (TrainState, step_seed: part of this module's interface)
+    TrainState,
+    build_state,
+    step_seed,
+    tcore_checkpoint,
+    tcore_export,
+    tcore_restore,
+    tcore_schedule,
+    train_step,
 )
 
 
@@ -101,122 +108,53 @@ class TrainConfig:
             raise ValueError(f"train.dist_timeout_min: must be > 0 minutes, got {self.dist_timeout_min}")
 
 
+CLIP_METHODS = ("dualvar", "cstp", "localglobal")
+
+
 @dataclass
 class RunConfig:
-    """A whole training run: the model, the data pipeline, the trainer."""
+    """A whole training run: the method, its model, the data pipeline, the trainer.
 
+    ``model`` is T-CoRe's; a clip method reads only its own section (``dualvar``, ``cstp`` or
+    ``localglobal``: heads, losses, optimiser, schedule and its ``epochs``, the run length).
+    """
+
+    method: str = "tcore"  # tcore | dualvar | cstp | localglobal (a key of METHODS)
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dualvar: DualVarConfig = field(default_factory=DualVarConfig)
+    cstp: CSTPConfig = field(default_factory=CSTPConfig)
+    localglobal: LocalGlobalConfig = field(default_factory=LocalGlobalConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError when the method and the pipeline's workload do not fit together."""
+        if self.method not in ("tcore", *CLIP_METHODS):
+            raise ValueError(f"method must be one of tcore, {', '.join(CLIP_METHODS)}; got {self.method!r}")
+        clip = self.method in CLIP_METHODS
+        if clip and self.pipeline.workload != self.method:
+            raise ValueError(f"method {self.method} needs pipeline.workload={self.method} "
+                             f"(got {self.pipeline.workload})")
+        if not clip and self.pipeline.workload not in ("tcore", "simple"):
+            raise ValueError(f"pipeline.workload={self.pipeline.workload} needs method={self.pipeline.workload}")
+        if self.method == "localglobal" and self.localglobal.num_local != self.pipeline.localglobal.num_local:
+            raise ValueError(f"localglobal.num_local ({self.localglobal.num_local}) must equal "
+                             f"pipeline.localglobal.num_local ({self.pipeline.localglobal.num_local})")
+        if self.method == "dualvar" and self.dualvar.segments != self.pipeline.dualvar.segments:
+            raise ValueError(f"dualvar.segments ({self.dualvar.segments}) must equal "
+                             f"pipeline.dualvar.segments ({self.pipeline.dualvar.segments})")
+
+    def run_epochs(self) -> int:
+        """Schedule epochs of the run: ``train.epochs`` (T-CoRe) or the clip method's ``epochs``."""
+        return getattr(self, self.method).epochs if self.method in CLIP_METHODS else self.train.epochs
 
 
-@dataclass
-class TrainState:
-    """Everything a step touches."""
-
-    cfg: RunConfig
-    dist: Dist
-    student: TCoReStudent
-    model: torch.nn.Module  # the student, DDP-wrapped and/or compiled
-    teacher: Teacher
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    sched: Schedules
-    masks: MaskMaker
-    step: int = 0
-
-
-def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
-    """Student, teacher, optimizer, schedules; DDP and compile as configured."""
-    tc, mc = cfg.train, cfg.model
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    student = TCoReStudent(mc).to(d.device)
-    teacher = Teacher(student.backbone, student.dino_head, mc.head_n_prototypes, mc.centre_momentum, mc.centering)
-    groups = param_groups(student.named_parameters(), len(student.backbone.blocks), tc.layerwise_decay,
-                          tc.patch_embed_lr_mult, tc.pmm_lr_mult)
-    opt = build_adamw(groups, fused=d.device.type == "cuda")
-    model: torch.nn.Module = student
-    if d.world > 1:
-        model = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                    bucket_cap_mb=tc.ddp_bucket_cap_mb, gradient_as_bucket_view=True, broadcast_buffers=False)
-    if tc.compile:
-        model = torch.compile(model)
-        teacher.compile()  # in place: the networks' forward; state-dict keys unchanged
-    total_batch = tc.batch_size_per_gpu * d.world
-    sched = Schedules(
-        total_iters=tc.epochs * iters_per_epoch, iters_per_epoch=iters_per_epoch,
-        lr_peak=scaled_lr(tc.base_lr, total_batch), min_lr=tc.min_lr, warmup_epochs=tc.warmup_epochs,
-        weight_decay=tc.weight_decay, weight_decay_end=tc.weight_decay_end, momentum_teacher=tc.momentum_teacher,
-        final_momentum_teacher=tc.final_momentum_teacher, warmup_teacher_temp=tc.warmup_teacher_temp,
-        teacher_temp=tc.teacher_temp, warmup_teacher_temp_epochs=tc.warmup_teacher_temp_epochs,
-        freeze_last_layer_epochs=tc.freeze_last_layer_epochs)
-    use_scaler = d.device.type == "cuda" and tc.precision == "fp16"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    return TrainState(cfg, d, student, model, teacher, opt, scaler, sched, mask_maker(cfg, d))
-
-
-def mask_maker(cfg: RunConfig, d: Dist) -> MaskMaker:
-    """The step's block masks, drawn on the host one step ahead from the step seed."""
-    mc, tc = cfg.model, cfg.train
-    make = functools.partial(host_masks, prob=mc.mask_sample_probability, ratio_min_max=mc.mask_ratio_min_max,
-                             min_block=mc.mask_min_block, max_block_ratio=mc.mask_max_block_ratio,
-                             aspect=mc.mask_block_aspect)
-    return MaskMaker(make, lambda step: step_seed(tc.seed, d.rank, step) + 1, d.device)
-
-
-def autocast(st: TrainState) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the GPU; plain fp32 elsewhere."""
-    p = st.cfg.train.precision
-    if st.dist.device.type != "cuda" or p == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of the per-step RNG streams (drop-path, masks): a pure function, so resume is exact."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
-
-
-def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns detached loss tensors (no host synchronisation here)."""
-    tc, sv = st.cfg.train, st.sched.at(step)
-    apply_schedules(st.opt, sv["lr"], sv["last_layer_lr"], sv["wd"], tc.released_lr_groups)
-    torch.manual_seed(step_seed(tc.seed, st.dist.rank, step))
-    dtype = None if st.dist.device.type == "cuda" and tc.precision != "fp32" else torch.float32
-    views = views_from_batch(batch, dtype)
-    p = st.student.backbone.patch_size
-    grid = (views.current_global.shape[-2] // p, views.current_global.shape[-1] // p)
-    with torch.profiler.record_function("masks"):  # built ahead on the host; here one copy
-        mb = st.masks.get(step, views.current_global.shape[0], grid)
-    with autocast(st):
-        t_cls, t_patch, stats = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
-        out = st.model(views, mb, t_cls, t_patch)
-    st.opt.zero_grad(set_to_none=True)
-    if st.scaler is not None:
-        st.scaler.scale(out["loss"]).backward()
-        st.scaler.unscale_(st.opt)
-    else:
-        out["loss"].backward()
-    for module in (st.student.backbone, st.student.dino_head, st.student.pmm):
-        torch.nn.utils.clip_grad_norm_(module.parameters(), tc.clip_grad, foreach=True)
-    if st.scaler is not None:
-        st.scaler.step(st.opt)
-        st.scaler.update()
-    else:
-        st.opt.step()
-    st.teacher.ema_update(st.student.backbone, st.student.dino_head, sv["momentum"])
-    return {k: v.detach() for k, v in (out | stats).items()}
-
-
-def checkpoint_state(st: TrainState, batches_per_epoch: int) -> dict[str, Any]:
-    """Everything needed to continue the run exactly."""
+def checkpoint_state(st: Any, batches_per_epoch: int) -> dict[str, Any]:
+    """Everything needed to continue the run exactly (the method's part from ``METHODS``)."""
     return {
         "step": st.step,
-        "student": st.student.state_dict(),
-        "teacher": teacher_state_dict(st.teacher.backbone, st.teacher.dino_head),
-        "centres": {"cls": st.teacher.cls_centre.cpu(), "patch": st.teacher.patch_centre.cpu()},
-        "optimizer": st.opt.state_dict(),
-        "scaler": st.scaler.state_dict() if st.scaler is not None else None,
+        "method": st.cfg.method,
+        **METHODS[st.cfg.method].checkpoint(st),
         "loader": {"seed": st.cfg.pipeline.seed, "batches_per_epoch": batches_per_epoch,
                    "epoch": st.step // batches_per_epoch, "batch": st.step % batches_per_epoch},
         "world_size": st.dist.world,
@@ -224,23 +162,17 @@ def checkpoint_state(st: TrainState, batches_per_epoch: int) -> dict[str, Any]:
     }
 
 
-def restore(st: TrainState, ckpt: dict[str, Any], log) -> None:
-    """Load a checkpoint written by ``checkpoint_state`` into ``st``."""
+def restore(st: Any, ckpt: dict[str, Any], log) -> None:
+    """Load a checkpoint written by ``checkpoint_state`` into ``st``; ValueError for another method's."""
+    if ckpt.get("method", "tcore") != st.cfg.method:
+        raise ValueError(f"checkpoint {ckpt.get('path')}: written by method '{ckpt.get('method', 'tcore')}', "
+                         f"this run is '{st.cfg.method}' (use another train.output_dir)")
     if ckpt.get("world_size") != st.dist.world:
         log(f"note: checkpoint was written with {ckpt.get('world_size')} processes, now {st.dist.world}")
     pos = ckpt.get("loader", {})
     if pos.get("seed") != st.cfg.pipeline.seed:
         log(f"note: pipeline.seed is {st.cfg.pipeline.seed}, the checkpoint used {pos.get('seed')}: other data order")
-    st.student.load_state_dict(ckpt["student"])
-    bb = {k[9:]: v for k, v in ckpt["teacher"].items() if k.startswith("backbone.")}
-    hd = {k[10:]: v for k, v in ckpt["teacher"].items() if k.startswith("dino_head.")}
-    st.teacher.backbone.load_state_dict(bb)
-    st.teacher.dino_head.load_state_dict(hd)
-    st.teacher.cls_centre.copy_(ckpt["centres"]["cls"])
-    st.teacher.patch_centre.copy_(ckpt["centres"]["patch"])
-    st.opt.load_state_dict(ckpt["optimizer"])
-    if st.scaler is not None and ckpt.get("scaler"):
-        st.scaler.load_state_dict(ckpt["scaler"])
+    METHODS[st.cfg.method].restore(st, ckpt)
     st.step = int(ckpt["step"])
 
 
@@ -251,31 +183,30 @@ def memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def log_window(st: TrainState, acc: dict[str, torch.Tensor], n: int, elapsed: float, wait: float) -> dict:
+def log_window(st: Any, acc: dict[str, torch.Tensor], n: int, elapsed: float, wait: float) -> dict:
     """Average the accumulated losses (the one host sync per log interval) into a record."""
     keys = sorted(acc)
     vals = (torch.stack([acc[k] for k in keys]) / n).tolist()
-    sv = st.sched.at(st.step - 1)
-    ipe = st.sched.iters_per_epoch
-    rec: dict[str, Any] = {"step": st.step, "epoch": (st.step - 1) // ipe, **dict(zip(keys, vals))}
-    rec |= {"lr": sv["lr"], "wd": sv["wd"], "momentum": sv["momentum"], "teacher_temp": sv["teacher_temp"],
-            "samples_per_s": n * st.cfg.train.batch_size_per_gpu * st.dist.world / max(elapsed, 1e-9),
+    rec: dict[str, Any] = {"step": st.step, "epoch": (st.step - 1) // st.iters_per_epoch, **dict(zip(keys, vals))}
+    rec |= METHODS[st.cfg.method].schedule(st, st.step - 1)
+    rec |= {"samples_per_s": n * st.cfg.train.batch_size_per_gpu * st.dist.world / max(elapsed, 1e-9),
             "data_wait": wait / max(elapsed, 1e-9), "memory_gb": memory_gb(st.dist.device)}
     return rec
 
 
-def save(st: TrainState, writer: CheckpointWriter | None, batches_per_epoch: int) -> None:
+def save(st: Any, writer: CheckpointWriter | None, batches_per_epoch: int) -> None:
     """Rank 0 snapshots the state to host memory; the writer puts it on disk in the background
     (atomic, keeps the newest ``keep_checkpoints``). Other ranks go on at once."""
     if writer is not None:
         writer.save(checkpoint_state(st, batches_per_epoch), st.step)
 
 
-def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: int,
+def loop(st: Any, loader: Any, logger: MetricsLogger, out: Path, stop: int,
          writer: CheckpointWriter | None) -> None:
     """Run steps ``st.step .. stop - 1``, logging every ``log_every`` and checkpointing as configured
     (``writer``: rank 0's, None elsewhere)."""
-    tc, nb, ipe = st.cfg.train, len(loader), st.sched.iters_per_epoch
+    tc, nb, ipe = st.cfg.train, len(loader), st.iters_per_epoch
+    step_fn = METHODS[st.cfg.method].step
     acc: dict[str, torch.Tensor] = {}
     n, wait, t0, last_ckpt, saved_at = 0, 0.0, time.perf_counter(), time.monotonic(), st.step
     kill_at = fault_step()
@@ -292,7 +223,7 @@ def loop(st: TrainState, loader: Any, logger: MetricsLogger, out: Path, stop: in
             if batch is None:
                 break
             wait += time.perf_counter() - t_wait
-            terms = train_step(st, batch, st.step)
+            terms = step_fn(st, batch, st.step)
             acc = {k: acc.get(k, 0) + v for k, v in terms.items()}
             n += 1
             st.step += 1
@@ -320,8 +251,37 @@ class InputError(ValueError):
     """Bad input found while setting up (missing or broken shards): reported as one line, exit 2."""
 
 
+@dataclass(frozen=True)
+class Method:
+    """What the loop calls for one method; each gets its state from ``build`` and hands it back."""
+
+    build: Any  # (cfg, dist, iters_per_epoch, log) -> state with .cfg, .dist, .model, .student, .step
+    step: Any  # (state, batch, step) -> {"loss": ..., "loss_<term>": ..., ...} detached
+    schedule: Any  # (state, step) -> logged schedule values
+    checkpoint: Any  # state -> the method's part of a checkpoint
+    restore: Any  # (state, checkpoint) -> None
+    export: Any  # (state, output dir) -> path of the exported weights
+    close: Any  # state -> None
+
+
+def _clip_method(name: str) -> Method:
+    return Method(build=lambda cfg, d, ipe, log: train_clips.build(cfg, name, d, ipe, log), step=train_clips.step,
+                  schedule=train_clips.schedule, checkpoint=train_clips.checkpoint, restore=train_clips.restore,
+                  export=train_clips.export, close=lambda st: None)
+
+
+METHODS: dict[str, Method] = {
+    "tcore": Method(build=lambda cfg, d, ipe, log: build_state(cfg, d, ipe), step=train_step,
+                    schedule=tcore_schedule, checkpoint=tcore_checkpoint, restore=tcore_restore,
+                    export=tcore_export, close=lambda st: st.masks.close()),
+    "dualvar": _clip_method("dualvar"),
+    "cstp": _clip_method("cstp"),
+    "localglobal": _clip_method("localglobal"),
+}
+
+
 def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
-    """Set up, resume if possible, train to the stop step, export the teacher. Returns a summary."""
+    """Set up, resume if possible, train to the stop step, export the weights. Returns a summary."""
     try:  # an unusable device or bad shards: one line, before anything is written
         d = setup_distributed(cfg.train.device, cfg.train.dist_timeout_min)
         loader = loader if loader is not None else build_run_loader(cfg, shards, d)
@@ -330,17 +290,22 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
     out = Path(cfg.train.output_dir)
     logger = MetricsLogger(out, enabled=d.rank == 0, tensorboard=cfg.train.tensorboard)
     ipe = cfg.train.iters_per_epoch or len(loader)
-    st = build_state(cfg, d, ipe)
+    method = METHODS[cfg.method]
+    st = method.build(cfg, d, ipe, logger.info)
     if d.rank == 0:
         save_config(cfg, out / "config.yaml")
     if cfg.train.resume:
         ckpt = load_agreed_checkpoint(out / "checkpoints", d, log=logger.info)
         if ckpt is not None:
-            restore(st, ckpt, logger.info)
+            try:
+                restore(st, ckpt, logger.info)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             logger.info(f"resumed from {ckpt['path']} at step {st.step}")
-    total = cfg.train.epochs * ipe
+    total = cfg.run_epochs() * ipe
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps >= 0 else total
-    logger.info(f"training {cfg.model.arch} on {d.describe(cfg.train.device)}: steps {st.step} -> {stop} "
+    arch = cfg.model.arch if cfg.method == "tcore" else f"{cfg.method} {getattr(cfg, cfg.method).arch}"
+    logger.info(f"training {arch} on {d.describe(cfg.train.device)}: steps {st.step} -> {stop} "
                 f"({ipe} iterations per epoch, {len(loader)} batches per loader pass, "
                 f"batch {cfg.train.batch_size_per_gpu} per process)")
     writer = CheckpointWriter(out / "checkpoints", cfg.train.keep_checkpoints) if d.rank == 0 else None
@@ -348,16 +313,16 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
         loop(st, loader, logger, out, stop, writer)
     finally:
         logger.close()
-        st.masks.close()
+        method.close(st)
         if writer is not None:
             writer.close()  # the last checkpoint is on disk before the export (its error raised here)
     if d.rank == 0:
-        export_teacher(st.teacher.backbone, st.teacher.dino_head, out / "teacher.pth")
-        logger.info(f"teacher written to {out / 'teacher.pth'}")
+        path = method.export(st, out)
+        logger.info(f"{'teacher' if cfg.method == 'tcore' else 'backbone'} written to {path}")
     return write_summary(st, out)
 
 
-def write_summary(st: TrainState, out: Path) -> dict[str, Any]:
+def write_summary(st: Any, out: Path) -> dict[str, Any]:
     """Every rank's student-parameter checksum (equal when DDP kept the ranks in sync) -> summary.json."""
     local = torch.stack([p.detach().double().sum() for p in st.student.parameters()]).sum().view(1)
     sums = [torch.zeros_like(local) for _ in range(st.dist.world)]
