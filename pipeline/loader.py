@@ -24,7 +24,10 @@ so DALI never reuses a buffer torch may still read. ``current_global`` [B,G,3,H,
 L = 0, 1 view), ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0. Bookkeeping stays on the CPU
 (the training step does not need it; copying it to the GPU would wait for the step before):
 ``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B] int64, ``label`` [B] int64,
-``key`` list[str]. ``device="host"`` runs only the graph's host side on the CPU (for profiling);
+``key`` list[str], and ``bad``: the bad samples that were replaced in this batch (range mode:
+one dict per sample with ``shard``, ``key``, ``frame`` (None: the whole sample) and ``reason``;
+see ``pipeline.integrity``). Whole mode does not check frames: it refuses a set that failed
+``inspect --verify`` (its ``verify.parquet`` is there). ``device="host"`` runs only the graph's host side on the CPU (for profiling);
 its batches hold the bookkeeping and ``host``, the raw DALI outputs.
 """
 
@@ -44,8 +47,10 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset import Split, open_split
 from pipeline.graph import GraphInputs, host_output_names, make_pipeline, output_names
 from pipeline.host import ParamSource, WholePlan
+from pipeline.integrity import bad_records, refuse_failed_set
 from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
+from shards.card import has_checksums
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGES = ("current_global", "current_local", "past", "future")
@@ -144,7 +149,7 @@ class TripletLoader:
         if cfg.read_mode == "range":
             order = EpochOrder(len(self.split.samples), cfg.seed, self.rank, self.world_size, self.batches * b,
                                cfg.repeat)
-            source = RangeSource(cfg, self.split.samples, order, clock, b, seed_words)
+            source = RangeSource(cfg, self.split, order, clock, b, seed_words, has_checksums(self.split.card))
             return GraphInputs(source=source, params=ParamSource(cfg, seed_words, clock, b, order, self.sizes))
         rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
         perm = rng.permutation(len(self.split.tars))
@@ -229,6 +234,7 @@ class TripletLoader:
             ids = info[:, 4].numpy()
             batch["key"], labels = [self.split.samples[i].key for i in ids.tolist()], self.labels[ids]
         batch["label"] = torch.as_tensor(labels, dtype=torch.int64)
+        batch["bad"] = bad_records(raw["bad"], self.split) if "bad" in raw else []
         return batch
 
 
@@ -242,7 +248,10 @@ def build_loader(cfg: PipelineConfig, shards_dir: str | Path, *, batch_size: int
     cfg.validate()
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
-    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets, rank=rank, world_size=world_size)
+    if cfg.read_mode == "whole":
+        refuse_failed_set(shards_dir)
+    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets, rank=rank, world_size=world_size,
+                       tolerant=cfg.read_mode == "range")
     if len(split.samples) * cfg.repeat < world_size * batch_size:
         raise ValueError(f"split '{cfg.split}' of {shards_dir} has {len(split.samples)} samples, fewer than "
                          f"world_size × batch_size = {world_size} × {batch_size}: no full batch per rank")

@@ -12,7 +12,8 @@ ranges. The frame count comes from the index (the
 offsets member's size), so nothing else is read. Each worker keeps at most ``MAX_OPEN_FILES``
 tars open (least recently used closed first). The view parameters come from
 ``pipeline.host.ParamSource`` in the main process: a dense array costs DALI ~5× more main-process
-CPU through a parallel source than through a plain one.
+CPU through a parallel source than through a plain one. Every fetched frame is checked, and a
+bad sample replaced, by ``pipeline.integrity.SampleChecker``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 from nvidia.dali import types
 
 from pipeline.config import PipelineConfig
-from pipeline.dataset import SampleRef
+from pipeline.dataset import Split
+from pipeline.integrity import SampleChecker, sample_table
 from pipeline.params import FRAMES, BatchClock, batch_rng
 from pipeline.sampling import triplets
 
@@ -53,20 +55,21 @@ class EpochOrder:
 
 
 class RangeSource:
-    """Batch callback: JPEGs (past, current, future) and ``info`` [B,5] int64 (the 3 frame indices,
-    the frame count, the sample id)."""
+    """Batch callback: JPEGs (past, current, future), ``info`` [B,5] int64 (the 3 frame indices,
+    the frame count, the sample id) and ``bad`` [B][k,3] int64 (the bad samples this slot replaced:
+    sample id, frame or -1, reason code; k = 0 almost always)."""
 
-    names = ["jpeg0", "jpeg1", "jpeg2", "info"]
-    dtypes = [types.UINT8] * 3 + [types.INT64]
+    names = ["jpeg0", "jpeg1", "jpeg2", "info", "bad"]
+    dtypes = [types.UINT8] * 3 + [types.INT64] * 2
 
-    def __init__(self, cfg: PipelineConfig, samples: list[SampleRef], order: EpochOrder, clock: BatchClock,
-                 batch_size: int, seed_words: tuple[int, int]):
+    def __init__(self, cfg: PipelineConfig, split: Split, order: EpochOrder, clock: BatchClock,
+                 batch_size: int, seed_words: tuple[int, int], v2: bool):
         self.cfg, self.order, self.clock, self.batch_size = cfg, order, clock, batch_size
         self.seed_words = tuple(int(w) for w in seed_words)
-        self.tars = sorted({s.tar for s in samples})
-        tar_id = {t: i for i, t in enumerate(self.tars)}
-        self.table = np.array([(tar_id[s.tar], s.mjpeg_offset, s.offsets_offset, s.num_frames) for s in samples],
-                              dtype=np.int64).reshape(-1, 4)
+        self.tars = sorted({s.tar for s in split.samples})
+        self.table = sample_table(split.samples, self.tars, split.damaged)
+        self.checker = SampleChecker(self.table, cfg.frame_check, v2, self.seed_words,
+                                     (cfg.sampling, cfg.gap_min, cfg.gap_max))
         self.prefetch = max(2, cfg.range_workers)  # batches made ahead: one per worker
         self.max_open = MAX_OPEN_FILES
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -96,22 +99,20 @@ class RangeSource:
     def read(self, epoch: int, batch: int) -> tuple:
         """Batch ``batch`` of ``epoch``: its JPEGs and what they are."""
         b = self.batch_size
-        ids = self.order(epoch)[batch * b:(batch + 1) * b]
-        rows = self.table[ids]
+        part = self.order(epoch)
+        ids = part[batch * b:(batch + 1) * b].copy()
         u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
-        frames = triplets(rows[:, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
+        frames = triplets(self.table[ids, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
         jpegs: list[list[np.ndarray]] = [[], [], []]
-        for (tar, mjpeg_offset, offsets_offset, _), fr in zip(rows.tolist(), frames.tolist()):
-            fd = self._fd(tar)
-            first = fr[0]  # past <= current <= future: one read of the offsets between them
-            span = np.frombuffer(os.pread(fd, 8 * (fr[2] - first + 2), offsets_offset + 8 * first), dtype="<i8")
-            for k, i in enumerate(fr):
-                start, end = int(span[i - first]), int(span[i - first + 1])
-                data = os.pread(fd, end - start, mjpeg_offset + start)
-                if len(data) != end - start:
-                    raise ValueError(f"shard {self.tars[tar]}: short read of frame {i} (truncated tar?)")
-                jpegs[k].append(np.frombuffer(data, dtype=np.uint8))
-        return (*jpegs, np.concatenate([frames, rows[:, 3:4], ids[:, None]], axis=1).astype(np.int64))
+        bad = []
+        for slot, (sid, fr) in enumerate(zip(ids.tolist(), frames.tolist())):
+            sid, fr, got, met = self.checker.fill(self._fd, sid, fr, u[slot], part, (epoch, batch, slot))
+            ids[slot], frames[slot] = sid, fr
+            for k in range(3):
+                jpegs[k].append(np.frombuffer(got[k], dtype=np.uint8))
+            bad.append(np.array(met, dtype=np.int64).reshape(-1, 3))
+        info = np.concatenate([frames, self.table[ids, 3:4], ids[:, None]], axis=1).astype(np.int64)
+        return (*jpegs, info, bad)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, per_rank: int,
