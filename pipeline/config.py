@@ -58,8 +58,8 @@ class PipelineConfig:
     use_mmap: bool = False  # reader maps tars instead of read(); read() keeps I/O accounting honest
     verify_offsets: bool = True  # read every sample's offsets table at loader start
     # range mode: check each fetched frame (auto: CRC-32 on v2 sets, a reader-side decode on v1
-    # sets; decode: both; off: nothing) and replace bad samples (pipeline.integrity)
-    frame_check: Literal["auto", "decode", "off"] = "auto"
+    # sets; decode: both; none: nothing) and replace bad samples (pipeline.integrity)
+    frame_check: Literal["auto", "decode", "none"] = "auto"
     raw_size: int = 0  # debug: also output the 3 frames' top-left raw_size² pixels, un-augmented
     repeat: int = 1  # passes over the split per loader epoch (>1 lengthens epochs of tiny splits)
     seed: int = 0
@@ -92,7 +92,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline.blur_kernel must be 0 or an odd number >= 3, got {self.blur_kernel}")
         for name, allowed in (("jitter_order", ("random", "fixed")), ("contrast_pivot", ("mean", "mid")),
                               ("read_mode", ("whole", "range")), ("workload", ("tcore", "simple")),
-                              ("frame_check", ("auto", "decode", "off"))):
+                              ("frame_check", ("auto", "decode", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"pipeline.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.raw_size < 0:

@@ -8,7 +8,7 @@ the table. With ``pipeline.frame_check``:
 - ``auto`` (default): the CRC-32 on a v2 set; on a v1 set (no checksums) each fetched frame is
   decoded on the reader side (libjpeg-turbo, warnings count as errors), which costs a CPU decode;
 - ``decode``: both, on any set;
-- ``off``: neither (the baseline ``make profile`` compares against).
+- ``none``: neither (the baseline ``make profile`` compares against).
 
 A sample is bad when it was listed as damaged when the split was opened (``Split.damaged``), its
 bytes cannot be read (short read: a truncated tar), its offsets are inconsistent, its checksum
@@ -35,7 +35,7 @@ from shards.integrity import CHECKSUM, CRC_TABLE, DECODE, OFFSETS, REASONS, TRUN
 REPLACE = 3  # purpose word of the replacement generator (pipeline.params uses 0..2)
 MAX_TRIES = 64  # replacements tried for one slot before the batch fails
 CODES = {reason: code for code, reason in enumerate(REASONS)}
-FRAME_CHECKS = ("auto", "decode", "off")
+FRAME_CHECKS = ("auto", "decode", "none")
 # columns of the reader's sample table
 TAR, MJPEG, OFFSETS_AT, FRAMES, MJPEG_SIZE, CRC_AT, KNOWN = range(7)
 
@@ -86,7 +86,7 @@ class SampleChecker:
         if frame_check not in FRAME_CHECKS:
             raise ValueError(f"pipeline.frame_check must be one of {FRAME_CHECKS}, got {frame_check!r}")
         self.table, self.v2, self.seed_words, self.sampling = table, v2, seed_words, sampling
-        self.crc = v2 and frame_check != "off"
+        self.crc = v2 and frame_check != "none"
         self.decode = frame_check == "decode" or (frame_check == "auto" and not v2)
 
     def _one(self, fd_of: Callable[[int], int], sid: int, frames: list[int]) -> tuple[list[bytes], Problem | None]:
