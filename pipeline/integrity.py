@@ -24,13 +24,21 @@ rows (sample id, frame or -1 for the whole sample, reason code: an index into
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable
 
 import numpy as np
 
 from pipeline.sampling import triplets
-from shards.integrity import CHECKSUM, CRC_TABLE, DECODE, OFFSETS, REASONS, TRUNCATED, decode_error
+from shards.integrity import (
+    CHECKSUM,
+    CRC_TABLE,
+    DECODE,
+    OFFSETS,
+    REASONS,
+    TRUNCATED,
+    crc32,
+    decode_error,
+)
 
 REPLACE = 3  # purpose word of the replacement generator (pipeline.params uses 0..2)
 MAX_TRIES = 64  # replacements tried for one slot before the batch fails
@@ -70,7 +78,7 @@ def fetch(fd: int, row: list[int], frames: list[int], crc: bool, decode: bool) -
         data = os.pread(fd, stop - start, row[MJPEG] + start)
         if len(data) != stop - start:
             return [], (i, CODES[TRUNCATED])
-        if crc and zlib.crc32(data) != int(crcs[i - first]):
+        if crc and crc32(data) != int(crcs[i - first]):
             return [], (i, CODES[CHECKSUM])
         if decode and decode_error(data) is not None:
             return [], (i, CODES[DECODE])
@@ -89,22 +97,23 @@ class SampleChecker:
         self.crc = v2 and frame_check != "none"
         self.decode = frame_check == "decode" or (frame_check == "auto" and not v2)
 
-    def _one(self, fd_of: Callable[[int], int], sid: int, frames: list[int]) -> tuple[list[bytes], Problem | None]:
+    def _one(self, fd_of: Callable[[int], int], sid: int, frames: list[int],
+             decode: bool) -> tuple[list[bytes], Problem | None]:
         row = self.table[sid].tolist()
         if row[KNOWN] >= 0:
             return [], (-1, row[KNOWN])
         if self.crc and row[CRC_AT] < 0:
             return [], (-1, CODES[CRC_TABLE])
-        return fetch(fd_of(row[TAR]), row, frames, self.crc, self.decode)
+        return fetch(fd_of(row[TAR]), row, frames, self.crc, self.decode or decode)
 
     def fill(self, fd_of: Callable[[int], int], sid: int, frames: list[int], u: np.ndarray, part: np.ndarray,
-             where: tuple[int, int, int]) -> tuple[int, list[int], list[bytes], list[tuple[int, int, int]]]:
+             where: tuple[int, int, int], decode: bool = False) -> tuple[int, list[int], list[bytes], list]:
         """Slot ``where`` = (epoch, batch, slot) drew sample ``sid`` at ``frames`` from uniforms ``u`` [3]:
         returns the sample used, its frames, their JPEGs, and (sample, frame, reason) of each bad
-        sample met on the way (empty when ``sid`` was good)."""
+        sample met on the way (empty when ``sid`` was good). ``decode``: decode the frames here too."""
         bad: list[tuple[int, int, int]] = []
         for attempt in range(MAX_TRIES + 1):
-            jpegs, problem = self._one(fd_of, sid, frames)
+            jpegs, problem = self._one(fd_of, sid, frames, decode)
             if problem is None:
                 return sid, frames, jpegs, bad
             bad.append((sid, *problem))

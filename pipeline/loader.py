@@ -137,19 +137,22 @@ class TripletLoader:
         self.host_names = host_output_names(cfg, self.inputs(0)) if self.dali_device == "host" else []
         self._live = None  # range mode: [pipeline, (epoch, batch) of its next output]
         self._ahead: _Background | None = None  # whole mode: the next epoch's pipeline
+        self._retried = None  # range mode: the pipeline of the last batch made again (its outputs' memory)
 
     def __len__(self) -> int:
         return self.batches
 
-    def inputs(self, epoch: int, start_batch: int = 0) -> GraphInputs:
-        """What the pipeline starting at (``epoch``, ``start_batch``) reads, for this rank."""
+    def inputs(self, epoch: int, start_batch: int = 0, decode_batch: tuple[int, int] | None = None) -> GraphInputs:
+        """What the pipeline starting at (``epoch``, ``start_batch``) reads, for this rank; range mode
+        decodes the frames of ``decode_batch`` on the reader side (``_decoded_retry``)."""
         cfg, b = self.cfg, self.batch_size
         seed_words = (cfg.seed, self.rank)
         clock = BatchClock(epoch, start_batch, self.batches)
         if cfg.read_mode == "range":
             order = EpochOrder(len(self.split.samples), cfg.seed, self.rank, self.world_size, self.batches * b,
                                cfg.repeat)
-            source = RangeSource(cfg, self.split, order, clock, b, seed_words, has_checksums(self.split.card))
+            source = RangeSource(cfg, self.split, order, clock, b, seed_words, has_checksums(self.split.card),
+                                 decode_batch)
             return GraphInputs(source=source, params=ParamSource(cfg, seed_words, clock, b, order, self.sizes))
         rng = np.random.default_rng(seed_for(cfg.seed, epoch, 0x5A4D))
         perm = rng.permutation(len(self.split.tars))
@@ -159,10 +162,10 @@ class TripletLoader:
                            num_shards=self.world_size, reader_seed=seed_for(cfg.seed, self.rank, epoch),
                            initial_fill=fill, plan=WholePlan(cfg, seed_words))
 
-    def pipeline(self, epoch: int, start_batch: int = 0):
+    def pipeline(self, epoch: int, start_batch: int = 0, decode_batch: tuple[int, int] | None = None):
         """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
         or batch 0 of ``epoch`` (whole mode)."""
-        inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0)
+        inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0, decode_batch)
         if inputs.source is not None:
             _finish_background_builds()
         return make_pipeline(self.cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
@@ -188,9 +191,26 @@ class TripletLoader:
             self._live = [self.pipeline(epoch, start_batch), (epoch, start_batch)]
         live = self._live
         for b in range(start_batch, self.batches):
-            outs = self._run(live[0])
             live[1] = (epoch, b + 1) if b + 1 < self.batches else (epoch + 1, 0)
+            try:
+                outs = self._run(live[0])
+            except RuntimeError as exc:  # a frame DALI's decoder rejects although its checksum matched
+                live[0] = None
+                outs, self._retried = self._decoded_retry(epoch, b, exc)
+                live[0] = self.pipeline(*live[1])
             yield self._batch(outs)
+
+    def _decoded_retry(self, epoch: int, batch: int, error: Exception) -> tuple:
+        """Batch ``batch`` of ``epoch`` again, its frames decoded on the reader side first (a frame
+        libjpeg-turbo cannot decode cleanly makes its sample bad and replaced). Returns the outputs
+        and the pipeline that made them (their memory); raises ValueError if DALI fails again."""
+        pipe = self.pipeline(epoch, batch, decode_batch=(epoch, batch))
+        try:
+            return self._run(pipe), pipe
+        except RuntimeError as again:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"epoch {epoch}, batch {batch}: the decoder failed ({first}), and again after "
+                             f"decoding the batch's frames on the reader side: {str(again).splitlines()[0]}") from None
 
     def _iter_whole(self, epoch: int, start_batch: int) -> Iterator[dict]:
         ahead, self._ahead = self._ahead, None

@@ -63,11 +63,13 @@ class RangeSource:
     dtypes = [types.UINT8] * 3 + [types.INT64] * 2
 
     def __init__(self, cfg: PipelineConfig, split: Split, order: EpochOrder, clock: BatchClock,
-                 batch_size: int, seed_words: tuple[int, int], v2: bool):
+                 batch_size: int, seed_words: tuple[int, int], v2: bool,
+                 decode_batch: tuple[int, int] | None = None):
         self.cfg, self.order, self.clock, self.batch_size = cfg, order, clock, batch_size
         self.seed_words = tuple(int(w) for w in seed_words)
         self.tars = sorted({s.tar for s in split.samples})
         self.table = sample_table(split.samples, self.tars, split.damaged)
+        self.decode_batch = decode_batch  # (epoch, batch) whose frames are also decoded here
         self.checker = SampleChecker(self.table, cfg.frame_check, v2, self.seed_words,
                                      (cfg.sampling, cfg.gap_min, cfg.gap_max))
         self.prefetch = max(2, cfg.range_workers)  # batches made ahead: one per worker
@@ -106,7 +108,8 @@ class RangeSource:
         jpegs: list[list[np.ndarray]] = [[], [], []]
         bad = []
         for slot, (sid, fr) in enumerate(zip(ids.tolist(), frames.tolist())):
-            sid, fr, got, met = self.checker.fill(self._fd, sid, fr, u[slot], part, (epoch, batch, slot))
+            sid, fr, got, met = self.checker.fill(self._fd, sid, fr, u[slot], part, (epoch, batch, slot),
+                                                  decode=(epoch, batch) == self.decode_batch)
             ids[slot], frames[slot] = sid, fr
             for k in range(3):
                 jpegs[k].append(np.frombuffer(got[k], dtype=np.uint8))
