@@ -12,9 +12,9 @@ the table. With ``pipeline.frame_check``:
 
 A sample is bad when it was listed as damaged when the split was opened (``Split.damaged``), its
 bytes cannot be read (short read: a truncated tar), its offsets are inconsistent, its checksum
-table is missing (v2), or a fetched frame fails its check. A bad sample is replaced by another
-sample of the rank's part of the epoch, drawn from a generator seeded by (seed, rank, epoch,
-batch, slot, attempt), with frames drawn by the same rule from the same uniforms: the same seed
+table is missing (v2), or a fetched frame fails its check. A bad sample is replaced by the next
+sample of a permutation of the rank's part of the epoch seeded by (seed, rank, epoch, batch,
+slot) (each tried once at most), with frames drawn by the same rule from the same uniforms: the same seed
 gives the same replacement, the batch stays full, and every other sample of the batch, and every
 view parameter, is what a run on an undamaged copy gets. The bad ones are reported per slot as
 rows (sample id, frame or -1 for the whole sample, reason code: an index into
@@ -112,16 +112,22 @@ class SampleChecker:
         returns the sample used, its frames, their JPEGs, and (sample, frame, reason) of each bad
         sample met on the way (empty when ``sid`` was good). ``decode``: decode the frames here too."""
         bad: list[tuple[int, int, int]] = []
-        for attempt in range(MAX_TRIES + 1):
+        candidates = None
+        for _ in range(MAX_TRIES + 1):
             jpegs, problem = self._one(fd_of, sid, frames, decode)
             if problem is None:
                 return sid, frames, jpegs, bad
             bad.append((sid, *problem))
-            rng = np.random.default_rng((*self.seed_words, *where[:2], REPLACE, where[2], attempt))
-            sid = int(part[rng.integers(len(part))])
+            if candidates is None:  # the part in a seeded order, each sample tried once at most
+                rng = np.random.default_rng((*self.seed_words, *where[:2], REPLACE, where[2]))
+                candidates = iter(rng.permutation(part).tolist())
+            tried = {b[0] for b in bad}
+            sid = next((c for c in candidates if c not in tried), -1)
+            if sid < 0:
+                break
             frames = triplets(self.table[sid:sid + 1, FRAMES], u[None], *self.sampling)[0].tolist()
-        raise ValueError(f"epoch {where[0]}, batch {where[1]}: {MAX_TRIES} replacement samples in a row were bad "
-                         "(run `python -m shards.inspect SHARDS --verify`)")
+        raise ValueError(f"epoch {where[0]}, batch {where[1]}: {len(bad)} samples in a row were bad, "
+                         "replacements included (run `python -m shards.inspect SHARDS --verify`)")
 
 
 def bad_records(tl, split) -> list[dict]:

@@ -5,6 +5,7 @@ of a run on the undamaged set with the same seed (compared through keys.jsonl)."
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,9 +23,10 @@ from tests.faults.corrupt import (
     flip_bits,
     members,
     truncate_in,
+    undecodable_frame,
     zero_middle,
 )
-from tests.faults.launch import PRESET
+from tests.faults.launch import PRESET, ROOT, free_port, torchrun_cmd, train_env
 from tools.train import main
 
 RANGE = ["train.device=cpu", "train.batch_size_per_gpu=2", "train.max_steps=12", "train.log_every=4",
@@ -49,9 +51,10 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def slots(out: Path) -> dict[tuple[int, int], tuple[str, list[int]]]:
-    """(step, slot) -> (key, frames) of a run with train.log_keys."""
-    return {(r["step"], i): (k, f) for r in jsonl(out / "keys.jsonl") for i, (k, f) in enumerate(zip(r["keys"], r["frames"]))}
+def slots(out: Path) -> dict[tuple[int, int, int], tuple[str, list[int]]]:
+    """(step, rank, slot) -> (key, frames) of a run with train.log_keys."""
+    return {(r["step"], r["rank"], i): (k, f) for r in jsonl(out / "keys.jsonl")
+            for i, (k, f) in enumerate(zip(r["keys"], r["frames"]))}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +74,8 @@ def shard_of(copy: Path) -> dict[str, tuple[str, int, int]]:
     return out
 
 
-def expected_first(clean: dict, damage: Damage) -> dict[tuple[int, int], tuple[str, str, int | None]]:
-    """(step, slot) -> (shard, key, frame) of the bad sample the clean run's draw meets there."""
+def expected_first(clean: dict, damage: Damage) -> dict[tuple[int, int, int], tuple[str, str, int | None]]:
+    """(step, rank, slot) -> (shard, key, frame) of the bad sample the clean run's draw meets there."""
     shard = {key: s for s, key in damage}
     out = {}
     for where, (key, frames) in clean.items():
@@ -93,14 +96,14 @@ def check_run(clean: dict, out: Path, damage: Damage, reason: str) -> None:
     assert seen.keys() == clean.keys()
     first = expected_first(clean, damage)
     assert first, "the damage must touch samples the run draws"
-    by_step: dict[int, list] = {}
+    by_step: dict[tuple[int, int], list] = {}
     for r in bad:
-        by_step.setdefault(r["step"], []).append((r["shard"], r["key"], r["frame"]))
-        assert r["reason"] == reason and r["rank"] == 0
+        by_step.setdefault((r["step"], r["rank"]), []).append((r["shard"], r["key"], r["frame"]))
+        assert r["reason"] == reason
         assert (r["shard"], r["key"]) in damage
-    for (step, _), met in first.items():
-        assert met in by_step.get(step, []), (step, met)
-    assert set(by_step) == {step for step, _ in first}  # a replacement may be bad too, never a sound draw
+    for (step, rank, _), met in first.items():
+        assert met in by_step.get((step, rank), []), (step, rank, met)
+    assert set(by_step) == {w[:2] for w in first}  # a replacement may be bad too, never a sound draw
     for where, (key, frames) in seen.items():
         if where in first:
             assert key != clean[where][0] or frames != clean[where][1]
@@ -116,11 +119,11 @@ def test_bit_flips_in_frames_the_run_draws_and_one_it_does_not(clean, sample_sha
     where = shard_of(copy)
     picks, damage = [], {}
     for step in (0, 5, 9):
-        key, frames = clean[step, 1]
+        key, frames = clean[step, 0, 1]
         name, n, i = where[key]
         picks.append(("train", n, i, frames[1]))
         damage.setdefault((name, key), set()).add(frames[1])
-    key = clean[3, 0][0]  # a frame of a drawn sample that no draw of it takes: never reported
+    key = clean[3, 0, 0][0]  # a frame of a drawn sample that no draw of it takes: never reported
     drawn = {f for k, fr in clean.values() if k == key for f in fr}
     unused = min(set(range(8)) - drawn)
     name, n, i = where[key]
@@ -137,7 +140,7 @@ def test_zeroed_range_every_bad_sample_listed_no_libjpeg_noise(clean, sample_sha
     copy = copy_set(sample_shards, tmp_path / "set")
     where = shard_of(copy)
     damage: Damage = {}
-    for key in {clean[s, 0][0] for s in (2, 7)}:
+    for key in {clean[s, 0, 0][0] for s in (2, 7)}:
         name, n, i = where[key]
         damage[name, key] = {f for _, _, f in zero_middle(copy, "train", n, i)}
     assert train(copy, tmp_path / "run", "train.max_bad_fraction=0.5") == 0
@@ -160,6 +163,20 @@ def test_index_disagreeing_with_the_tar(clean, sample_shards, tmp_path):
     damage: Damage = {(s, k): None for s, k, _ in named}
     assert train(copy, tmp_path / "run", "train.max_bad_fraction=0.5") == 0
     check_run(clean, tmp_path / "run", damage, INDEX)
+
+
+def test_a_frame_the_decoder_rejects_despite_its_checksum(clean, sample_shards, tmp_path, capfd):
+    """DALI fails the batch; the loader makes it again with the frames decoded on the reader side."""
+    copy = copy_set(sample_shards, tmp_path / "set")
+    where = shard_of(copy)
+    damage: Damage = {}
+    for step in (1, 6):
+        key, frames = clean[step, 0, 0]
+        name, n, i = where[key]
+        damage[name, key] = {f for _, _, f in undecodable_frame(copy, "train", n, i, frames[2])}
+    assert train(copy, tmp_path / "run", "train.max_bad_fraction=0.5") == 0
+    check_run(clean, tmp_path / "run", damage, DECODE)
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 def test_past_the_fraction_the_run_stops_naming_the_worst_shard(clean, sample_shards, tmp_path, capsys):
@@ -197,3 +214,39 @@ def test_whole_mode_refuses_a_set_that_failed_verify(sample_shards, tmp_path, ca
     with pytest.raises(ValueError, match=rf"found {rows} problems .*verify\.parquet.*read_mode=range"):
         build_loader(PipelineConfig(), copy, batch_size=2, device="cpu")
     assert len(build_loader(PipelineConfig(read_mode="range"), copy, batch_size=2, device="cpu")) > 0
+
+
+def loader_slots(shards: Path, world: int, steps: int) -> dict[tuple[int, int, int], tuple[str, list[int]]]:
+    """What each rank's loader gives for ``steps`` steps (as keys.jsonl records it), on its own."""
+    out = {}
+    for rank in range(world):
+        loader = build_loader(PipelineConfig(read_mode="range", global_size=16, local_size=16, num_local=0,
+                                             range_workers=1), shards, batch_size=2, device="cpu", rank=rank,
+                              world_size=world)
+        for step in range(steps):
+            if step % len(loader) == 0:
+                batches = loader.iter_epoch(step // len(loader))
+            b = next(batches)
+            out.update({(step, rank, i): (k, f) for i, (k, f) in enumerate(zip(b["key"], b["frame_idx"].tolist()))})
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_gather_their_bad_samples_and_stop_together(sample_shards, tmp_path):
+    clean = loader_slots(sample_shards, 2, 8)
+    copy = copy_set(sample_shards, tmp_path / "set")
+    lost = truncate_in(copy, "train", 2, 1)
+    damage: Damage = {(s, k): None for s, k, _ in lost if k is not None}
+    assert {rank for rank, _ in {w[1:] for w in expected_first(clean, damage)}} == {0, 1}
+    overrides = [*RANGE, "train.max_steps=8"]
+    out = tmp_path / "run"
+    res = subprocess.run(torchrun_cmd(copy, out, *overrides, "train.max_bad_fraction=0.5", port=free_port(), nproc=2),
+                         cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_run(clean, out, damage, TRUNCATED)
+    stopped = tmp_path / "stopped"
+    res = subprocess.run(torchrun_cmd(copy, stopped, *overrides, port=free_port(), nproc=2),
+                         cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert res.stderr.count("over train.max_bad_fraction=0.001; worst shard train-000002.tar") == 2  # each rank
+    assert jsonl(stopped / "bad_samples.jsonl") and not (stopped / "teacher.pth").exists()
