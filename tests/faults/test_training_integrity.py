@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,13 +16,14 @@ import torch
 from pipeline.config import PipelineConfig
 from pipeline.loader import build_loader
 from shards.inspect import main as inspect_main
-from shards.integrity import CHECKSUM, DECODE, INDEX, TRUNCATED
+from shards.integrity import CHECKSUM, CRC_TABLE, DECODE, INDEX, OFFSETS, TRUNCATED
 from tests.faults.corrupt import (
     copy_set,
     disagreeing_index,
     downgrade_to_v1,
     flip_bits,
     members,
+    rewrite,
     truncate_in,
     undecodable_frame,
     zero_middle,
@@ -250,3 +252,34 @@ def test_two_ranks_gather_their_bad_samples_and_stop_together(sample_shards, tmp
     assert res.returncode != 0
     assert res.stderr.count("over train.max_bad_fraction=0.001; worst shard train-000002.tar") == 2  # each rank
     assert jsonl(stopped / "bad_samples.jsonl") and not (stopped / "teacher.pth").exists()
+
+
+@pytest.mark.parametrize("verify_offsets", [True, False])
+def test_missing_or_short_checksum_table_and_broken_offsets(sample_shards, tmp_path, verify_offsets):
+    """Found when the split opens (verify_offsets) or when the sample is read: the same bad samples."""
+    copy = copy_set(sample_shards, tmp_path / "set")
+    tar, samples = members(copy, "train", 3)
+    no_crc, short_crc = samples[1]["mjpeg"].key, samples[2]["mjpeg"].key
+
+    def edit(key: str, parts: dict[str, bytes]) -> dict[str, bytes]:
+        if key == no_crc:
+            return {ext: data for ext, data in parts.items() if ext != "crc"}
+        return {**parts, "crc": parts["crc"][:-4]} if key == short_crc else parts
+
+    rewrite(tar, edit)
+    card = json.loads((copy / "dataset.json").read_text())
+    card["splits"]["train"]["shards"][3]["bytes"] = tar.stat().st_size
+    (copy / "dataset.json").write_text(json.dumps(card))
+    tar1, samples1 = members(copy, "train", 1)
+    broken = samples1[0]["offsets"]
+    with open(tar1, "r+b") as fh:  # frame 1 ends before it starts
+        fh.seek(broken.offset + 16)
+        fh.write(np.array([3], dtype="<i8").tobytes())
+    cfg = PipelineConfig(read_mode="range", global_size=16, local_size=16, num_local=0, range_workers=1,
+                         verify_offsets=verify_offsets)
+    loader = build_loader(cfg, copy, batch_size=4, device="cpu")
+    bad = {(r["key"], r["reason"]) for e in range(4) for b in loader.iter_epoch(e) for r in b["bad"]}
+    want = {(no_crc, CRC_TABLE), (broken.key, OFFSETS)}
+    if verify_offsets:  # the open finds the short table; a read only checks the entries it needs
+        want.add((short_crc, CRC_TABLE))
+    assert want <= bad and {k for k, _ in bad} <= {no_crc, short_crc, broken.key}
