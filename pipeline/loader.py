@@ -199,6 +199,7 @@ class TripletLoader:
                 outs, self._retried = self._decoded_retry(epoch, b, exc)
                 live[0] = self.pipeline(*live[1])
             yield self._batch(outs)
+            self._retried = None  # the batch is handed over and used: its pipeline can go
 
     def _decoded_retry(self, epoch: int, batch: int, error: Exception) -> tuple:
         """Batch ``batch`` of ``epoch`` again, its frames decoded on the reader side first (a frame
