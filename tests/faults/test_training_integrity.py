@@ -181,6 +181,23 @@ def test_a_frame_the_decoder_rejects_despite_its_checksum(clean, sample_shards, 
     assert "Traceback" not in "".join(capfd.readouterr())
 
 
+def test_a_resumed_run_lists_each_bad_sample_once(clean, sample_shards, tmp_path):
+    """Steps redone after a resume meet the same bad samples and replacements; the list drops the
+    redone steps' lines first, so it ends as a straight run's."""
+    copy = copy_set(sample_shards, tmp_path / "set")
+    where = shard_of(copy)
+    for key in {clean[5, 0, 0][0], clean[10, 0, 1][0]}:
+        zero_middle(copy, "train", *where[key][1:])
+    out = tmp_path / "run"
+    args = ["train.max_bad_fraction=0.5", "train.checkpoint_every_steps=4"]
+    assert train(copy, out, *args) == 0
+    straight = {name: (out / name).read_text() for name in ("bad_samples.jsonl", "keys.jsonl")}
+    assert {r["step"] for r in jsonl(out / "bad_samples.jsonl")} - set(range(8)), "bad samples after step 8"
+    (out / "checkpoints" / "ckpt_000000012.pth").unlink()  # the run resumes at step 8
+    assert train(copy, out, *args) == 0
+    assert {name: (out / name).read_text() for name in straight} == straight
+
+
 def test_past_the_fraction_the_run_stops_naming_the_worst_shard(clean, sample_shards, tmp_path, capsys):
     copy = copy_set(sample_shards, tmp_path / "set")
     truncate_in(copy, "train", 2, 1)
