@@ -7,8 +7,8 @@ Each epoch's order is a seeded permutation of the whole split (a global shuffle,
 needed), cut into equal contiguous parts, one per rank (``EpochOrder``). For a batch it draws
 the frames with the rule of ``pipeline.sampling``, seeded by (seed, rank, epoch, batch) so that
 it does not matter which worker runs it, and reads for each sample the part of its offsets table
-between the past and the future frame (one read of a few hundred bytes) and the 3 JPEG byte
-ranges. The frame count comes from the index (the
+between the past and the future frame, with (format v2) the same frames' CRC-32s (one read of
+about a kilobyte: the ``.crc`` member follows ``.offsets``), and the 3 JPEG byte ranges. The frame count comes from the index (the
 offsets member's size), so nothing else is read. Each worker keeps at most ``MAX_OPEN_FILES``
 tars open (least recently used closed first). The view parameters come from
 ``pipeline.host.ParamSource`` in the main process: a dense array costs DALI ~5× more main-process
