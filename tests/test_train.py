@@ -90,12 +90,13 @@ def test_kill_and_resume_matches_straight_run(straight_run, sample_shards, tmp_p
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tools.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # generous: a loaded machine may take minutes to reach step 15
     while time.monotonic() < deadline and proc.poll() is None:
         if any(p.name >= "ckpt_000000015.pth" for p in list_checkpoints(out / "checkpoints")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    assert list_checkpoints(out / "checkpoints"), "no checkpoint after 15 minutes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed_from = int(list_checkpoints(out / "checkpoints")[-1].stem.split("_")[1])

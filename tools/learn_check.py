@@ -276,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=CheckConfig.out)
     ap.add_argument("--config", default=CheckConfig.config)
     ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    ap.add_argument("--train", type=int, default=CheckConfig.n_train, help="training clips to generate")
+    ap.add_argument("--val", type=int, default=CheckConfig.n_val, help="held-out labelled clips (k-NN queries)")
+    ap.add_argument("--davis", type=int, default=CheckConfig.n_davis, help="held-out DAVIS-layout videos")
     ap.add_argument("overrides", nargs="*", help="trainer key.sub=value overrides")
     args = ap.parse_args(argv)
     cfg = CheckConfig(out=args.out, config=args.config, seeds=[int(s) for s in args.seeds.split(",")],
-                      overrides=list(args.overrides))
+                      n_train=args.train, n_val=args.val, n_davis=args.davis, overrides=list(args.overrides))
     log = print
     world, shards = build_data(cfg, log)
     boxes = json.loads((world / "kinetics" / digits.BOXES).read_text())
