@@ -104,7 +104,7 @@ bench-shards: setup
 SHARDS ?= $(SAMPLE_SHARDS)
 
 # loader profiling (ROOT = the source collection, for the mp4 loader; defaults to the sample tree)
-LOADERS ?= dali,dali-range,dali-host,torch,mp4,ffcv
+LOADERS ?= dali,dali-range,dali-range-unchecked,dali-host,dali-host-unchecked,torch,mp4,ffcv
 WORKLOADS ?= tcore,simple
 BATCHES ?=
 BATCH ?=

@@ -62,6 +62,9 @@ class PipelineConfig:
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the A100/H100 hardware decoder
     use_mmap: bool = False  # reader maps tars instead of read(); read() keeps I/O accounting honest
     verify_offsets: bool = True  # read every sample's offsets table at loader start
+    # range mode: check each fetched frame (auto: CRC-32 on v2 sets, a reader-side decode on v1
+    # sets; decode: both; none: nothing) and replace bad samples (pipeline.integrity)
+    frame_check: Literal["auto", "decode", "none"] = "auto"
     raw_size: int = 0  # debug: also output the 3 frames' top-left raw_size² pixels, un-augmented
     repeat: int = 1  # passes over the split per loader epoch (>1 lengthens epochs of tiny splits)
     seed: int = 0
@@ -104,7 +107,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline.blur_kernel must be 0 or an odd number >= 3, got {self.blur_kernel}")
         for name, allowed in (("jitter_order", ("random", "fixed")), ("contrast_pivot", ("mean", "mid")),
                               ("read_mode", ("whole", "range")), ("workload", WORKLOADS),
-                              ("clip_interp", ("cubic", "linear"))):
+                              ("clip_interp", ("cubic", "linear")), ("frame_check", ("auto", "decode", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"pipeline.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.clip_size < 8 or self.local_clip_size < 8 or not 0.0 <= self.clip_blur_p <= 1.0:

@@ -10,12 +10,13 @@ Outputs, per sample, in ``output_names(cfg)`` order: ``current_global`` [G,3,H,W
 ``current_local`` [L,3,h,w] (only when L > 0 in the tcore workload), ``past`` and ``future``
 [2,3,H,W] (tcore) or [1,3,H,W] (simple), ``info`` [5] int64 (past, current, future frame
 index, frame count, sample id; -1 in whole mode), in whole mode ``meta`` (the sample's JSON
-bytes), and with ``raw_size`` > 0 ``raw`` [3,S,S,3] uint8: the decoded frames' top-left
+bytes), in range mode ``bad`` [k,3] int64 (the bad samples replaced, ``pipeline.integrity``), and with ``raw_size`` > 0 ``raw`` [3,S,S,3] uint8: the decoded frames' top-left
 corners, un-augmented.
 
 Clip workloads (``dualvar``, ``cstp``, ``localglobal``; ``pipeline.clip_views``): the clip
 outputs and labels of ``pipeline.clip_plan.layout_of(cfg)``, then ``info`` [N + 2] int64 (the N
-slots' frames, frame count, sample id or -1) and in whole mode ``meta``. The workload picks its
+slots' frames, frame count, sample id or -1) and in whole mode ``meta`` (no ``bad``: range mode
+checks a clip's frames too, but a bad sample stops the run, see ``pipeline.range_source``). The workload picks its
 host side in ``host_side`` and its device side from ``DEVICE_SIDES``.
 """
 
@@ -67,7 +68,7 @@ def output_names(cfg: PipelineConfig) -> list[str]:
     names = ["current_global"]
     if cfg.workload == "tcore" and cfg.num_local > 0:
         names.append("current_local")
-    names += ["past", "future", "info"] + (["meta"] if cfg.read_mode == "whole" else [])
+    names += ["past", "future", "info"] + (["meta"] if cfg.read_mode == "whole" else ["bad"])
     return names + (["raw"] if cfg.raw_size else [])
 
 
@@ -78,8 +79,8 @@ def host_output_names(cfg: PipelineConfig, inputs: GraphInputs) -> list[str]:
     if inputs.source is not None:
         params = inputs.params.names
     else:
-        params = ["meta"] + inputs.params.names[1:] + inputs.plan.names[7:]
-    return ["jpeg_past", "jpeg_current", "jpeg_future", "info"] + params
+        params = inputs.params.names[1:] + inputs.plan.names[7:]
+    return ["jpeg_past", "jpeg_current", "jpeg_future", "info", "meta" if inputs.source is None else "bad"] + params
 
 
 def host_side(cfg: PipelineConfig, inputs: GraphInputs) -> Host:
@@ -125,11 +126,12 @@ def triplet_graph(cfg: PipelineConfig, device: str, inputs: GraphInputs):
     """The whole graph for one rank (or only its host side); see the module docstring."""
     host = host_side(cfg, inputs)
     if device == "host":
-        meta = (host.meta,) if host.meta is not None else ()
-        return (*host.jpegs, host.info, *meta, *[host.params[n] for n in host_output_names(cfg, inputs)[4 + len(meta):]])
+        side = host.meta if host.meta is not None else host.bad
+        return (*host.jpegs, host.info, side, *[host.params[n] for n in host_output_names(cfg, inputs)[5:]])
     decoder_device = "mixed" if device == "gpu" else "cpu"
     dec_kwargs = {"hw_decoder_load": cfg.hw_decoder_load} if device == "gpu" else {}
-    tail = (host.info,) + ((host.meta,) if host.meta is not None else ())
+    side = host.meta if host.meta is not None else host.bad  # whole mode: meta; range mode: bad (triplets)
+    tail = (host.info,) + ((side,) if side is not None else ())
     views, extra = DEVICE_SIDES[cfg.workload](host, cfg, decoder_device, OUT_DTYPES[cfg.dtype], dec_kwargs)
     return (*views, *tail, *extra)
 

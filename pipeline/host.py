@@ -123,6 +123,7 @@ class Host:
     info: object  # int64 [5]: past, current, future frame, frame count, sample id (-1 in whole mode)
     meta: object  # whole mode: the sample's JSON bytes; range mode: None
     params: dict  # name -> node, names as in pipeline.params
+    bad: object = None  # range mode: [k, 3] int64 per sample, the bad samples replaced (pipeline.integrity)
 
 
 def read_whole(cfg: PipelineConfig, files: list[str], index_files: list[str], shard_id: int, num_shards: int,
@@ -148,9 +149,9 @@ def read_whole(cfg: PipelineConfig, files: list[str], index_files: list[str], sh
 def read_range(source: RangeSource, params: ParamSource) -> Host:
     """Range mode's host side: bytes and bookkeeping from the parallel reader, parameters from the
     batch source."""
-    past, cur, fut, info = fn.external_source(
+    past, cur, fut, info, bad = fn.external_source(
         source=source, num_outputs=len(source.names), batch=True, parallel=True, batch_info=True,
         dtype=source.dtypes, prefetch_queue_depth=source.prefetch)
     p = dict(zip(params.names, fn.external_source(source=params, num_outputs=len(params.names), batch=True,
                                                   batch_info=True, dtype=params.dtypes, layout=params.layouts)))
-    return Host([past, cur, fut], info, None, p)
+    return Host([past, cur, fut], info, None, p, bad)

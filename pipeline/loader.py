@@ -24,7 +24,10 @@ so DALI never reuses a buffer torch may still read. ``current_global`` [B,G,3,H,
 L = 0, 1 view), ``raw`` [B,3,S,S,3] uint8 when ``raw_size`` > 0. Bookkeeping stays on the CPU
 (the training step does not need it; copying it to the GPU would wait for the step before):
 ``frame_idx`` [B,3] int64 (past, current, future), ``num_frames`` [B] int64, ``label`` [B] int64,
-``key`` list[str]. ``device="host"`` runs only the graph's host side on the CPU (for profiling);
+``key`` list[str], and ``bad``: the bad samples that were replaced in this batch (range mode:
+one dict per sample with ``shard``, ``key``, ``frame`` (None: the whole sample) and ``reason``;
+see ``pipeline.integrity``). Whole mode does not check frames: it refuses a set that failed
+``inspect --verify`` (its ``verify.parquet`` is there). ``device="host"`` runs only the graph's host side on the CPU (for profiling);
 its batches hold the bookkeeping and ``host``, the raw DALI outputs.
 
 Clip workloads (``dualvar``, ``cstp``, ``localglobal``): the clips and labels of the batch
@@ -51,8 +54,10 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset import Split, open_split
 from pipeline.graph import GraphInputs, host_output_names, make_pipeline, output_names
 from pipeline.host import ParamSource, WholePlan
+from pipeline.integrity import bad_records, refuse_failed_set
 from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
+from shards.card import has_checksums
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGES = ("current_global", "current_local", "past", "future")
@@ -140,19 +145,22 @@ class TripletLoader:
         self.host_names = host_output_names(cfg, self.inputs(0)) if self.dali_device == "host" else []
         self._live = None  # range mode: [pipeline, (epoch, batch) of its next output]
         self._ahead: _Background | None = None  # whole mode: the next epoch's pipeline
+        self._retried = None  # range mode: the pipeline of the last batch made again (its outputs' memory)
 
     def __len__(self) -> int:
         return self.batches
 
-    def inputs(self, epoch: int, start_batch: int = 0) -> GraphInputs:
-        """What the pipeline starting at (``epoch``, ``start_batch``) reads, for this rank."""
+    def inputs(self, epoch: int, start_batch: int = 0, decode_batch: tuple[int, int] | None = None) -> GraphInputs:
+        """What the pipeline starting at (``epoch``, ``start_batch``) reads, for this rank; range mode
+        decodes the frames of ``decode_batch`` on the reader side (``_decoded_retry``)."""
         cfg, b = self.cfg, self.batch_size
         seed_words = (cfg.seed, self.rank)
         clock = BatchClock(epoch, start_batch, self.batches)
         if cfg.read_mode == "range":
             order = EpochOrder(len(self.split.samples), cfg.seed, self.rank, self.world_size, self.batches * b,
                                cfg.repeat)
-            source = RangeSource(cfg, self.split.samples, order, clock, b, seed_words)
+            source = RangeSource(cfg, self.split, order, clock, b, seed_words, has_checksums(self.split.card),
+                                 decode_batch)
             if self.clips:
                 params = ClipParamSource(cfg, seed_words, clock, b, order, source.stats)
             else:
@@ -170,10 +178,10 @@ class TripletLoader:
                            num_shards=self.world_size, reader_seed=seed_for(cfg.seed, self.rank, epoch),
                            initial_fill=fill, plan=plan)
 
-    def pipeline(self, epoch: int, start_batch: int = 0):
+    def pipeline(self, epoch: int, start_batch: int = 0, decode_batch: tuple[int, int] | None = None):
         """A built pipeline whose first output is batch ``start_batch`` of ``epoch`` (range mode)
         or batch 0 of ``epoch`` (whole mode)."""
-        inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0)
+        inputs = self.inputs(epoch, start_batch if self.cfg.read_mode == "range" else 0, decode_batch)
         if inputs.source is not None:
             _finish_background_builds()
         return make_pipeline(self.cfg, self.dali_device, self.device_id, batch_size=self.batch_size,
@@ -199,9 +207,27 @@ class TripletLoader:
             self._live = [self.pipeline(epoch, start_batch), (epoch, start_batch)]
         live = self._live
         for b in range(start_batch, self.batches):
-            outs = self._run(live[0])
             live[1] = (epoch, b + 1) if b + 1 < self.batches else (epoch + 1, 0)
+            try:
+                outs = self._run(live[0])
+            except RuntimeError as exc:  # a frame DALI's decoder rejects although its checksum matched
+                live[0] = None
+                outs, self._retried = self._decoded_retry(epoch, b, exc)
+                live[0] = self.pipeline(*live[1])
             yield self._batch(outs)
+            self._retried = None  # the batch is handed over and used: its pipeline can go
+
+    def _decoded_retry(self, epoch: int, batch: int, error: Exception) -> tuple:
+        """Batch ``batch`` of ``epoch`` again, its frames decoded on the reader side first (a frame
+        libjpeg-turbo cannot decode cleanly makes its sample bad and replaced). Returns the outputs
+        and the pipeline that made them (their memory); raises ValueError if DALI fails again."""
+        pipe = self.pipeline(epoch, batch, decode_batch=(epoch, batch))
+        try:
+            return self._run(pipe), pipe
+        except RuntimeError as again:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"epoch {epoch}, batch {batch}: the decoder failed ({first}), and again after "
+                             f"decoding the batch's frames on the reader side: {str(again).splitlines()[0]}") from None
 
     def _iter_whole(self, epoch: int, start_batch: int) -> Iterator[dict]:
         ahead, self._ahead = self._ahead, None
@@ -252,6 +278,7 @@ class TripletLoader:
             ids = info[:, slots + 1].numpy()
             batch["key"], labels = [self.split.samples[i].key for i in ids.tolist()], self.labels[ids]
         batch["label"] = torch.as_tensor(labels, dtype=torch.int64)
+        batch["bad"] = bad_records(raw["bad"], self.split) if "bad" in raw else []
         return batch
 
 
@@ -265,7 +292,10 @@ def build_loader(cfg: PipelineConfig, shards_dir: str | Path, *, batch_size: int
     cfg.validate()
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
-    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets, rank=rank, world_size=world_size)
+    if cfg.read_mode == "whole":
+        refuse_failed_set(shards_dir)
+    split = open_split(shards_dir, cfg.split, verify_offsets=cfg.verify_offsets, rank=rank, world_size=world_size,
+                       tolerant=cfg.read_mode == "range")
     if len(split.samples) * cfg.repeat < world_size * batch_size:
         raise ValueError(f"split '{cfg.split}' of {shards_dir} has {len(split.samples)} samples, fewer than "
                          f"world_size × batch_size = {world_size} × {batch_size}: no full batch per rank")

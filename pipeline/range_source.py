@@ -7,12 +7,13 @@ Each epoch's order is a seeded permutation of the whole split (a global shuffle,
 needed), cut into equal contiguous parts, one per rank (``EpochOrder``). For a batch it draws
 the frames with the rule of ``pipeline.sampling``, seeded by (seed, rank, epoch, batch) so that
 it does not matter which worker runs it, and reads for each sample the part of its offsets table
-between the past and the future frame (one read of a few hundred bytes) and the 3 JPEG byte
-ranges. The frame count comes from the index (the
+between the past and the future frame, with (format v2) the same frames' CRC-32s (one read of
+about a kilobyte: the ``.crc`` member follows ``.offsets``), and the 3 JPEG byte ranges. The frame count comes from the index (the
 offsets member's size), so nothing else is read. Each worker keeps at most ``MAX_OPEN_FILES``
 tars open (least recently used closed first). The view parameters come from
 ``pipeline.host.ParamSource`` in the main process: a dense array costs DALI ~5× more main-process
-CPU through a parallel source than through a plain one.
+CPU through a parallel source than through a plain one. Every fetched frame is checked, and a
+bad sample replaced, by ``pipeline.integrity.SampleChecker``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from nvidia.dali import types
 
 from pipeline.clip_plan import CLIP_WORKLOADS, layout_of, plan_batch
 from pipeline.config import PipelineConfig
-from pipeline.dataset import SampleRef
+from pipeline.dataset import Split
+from pipeline.integrity import SampleChecker, sample_table
 from pipeline.params import FRAMES, BatchClock, batch_rng
 from pipeline.sampling import triplets
+from shards.integrity import REASONS
 
 MAX_OPEN_FILES = 64
 
@@ -54,24 +57,32 @@ class EpochOrder:
 
 
 class RangeSource:
-    """Batch callback: the JPEGs of N frame slots (tcore: past, current, future; a clip workload:
-    its plan's ``frames``) and ``info`` [B, N + 2] int64 (the N frame indices, the frame count,
-    the sample id)."""
+    """Batch callback: the JPEGs of N frame slots (tcore and simple: past, current, future; a clip
+    workload: its plan's ``frames``), ``info`` [B, N + 2] int64 (the N frame indices, the frame
+    count, the sample id) and, for the triplet workloads, ``bad`` [B][k,3] int64 (the bad samples
+    this slot replaced: sample id, frame or -1, reason code; k = 0 almost always). A clip
+    workload's frames are checked the same way, but a bad sample stops the batch with one line
+    naming it (its plan, drawn for the batch in the main process too, cannot be redrawn for a
+    replacement here)."""
 
-    def __init__(self, cfg: PipelineConfig, samples: list[SampleRef], order: EpochOrder, clock: BatchClock,
-                 batch_size: int, seed_words: tuple[int, int]):
+    def __init__(self, cfg: PipelineConfig, split: Split, order: EpochOrder, clock: BatchClock,
+                 batch_size: int, seed_words: tuple[int, int], v2: bool,
+                 decode_batch: tuple[int, int] | None = None):
         self.cfg, self.order, self.clock, self.batch_size = cfg, order, clock, batch_size
         self.seed_words = tuple(int(w) for w in seed_words)
-        self.tars = sorted({s.tar for s in samples})
-        tar_id = {t: i for i, t in enumerate(self.tars)}
-        self.table = np.array([(tar_id[s.tar], s.mjpeg_offset, s.offsets_offset, s.num_frames) for s in samples],
-                              dtype=np.int64).reshape(-1, 4)
+        self.tars = sorted({s.tar for s in split.samples})
+        self.table = sample_table(split.samples, self.tars, split.damaged)
+        self.decode_batch = decode_batch  # (epoch, batch) whose frames are also decoded here
+        self.checker = SampleChecker(self.table, cfg.frame_check, v2, self.seed_words,
+                                     (cfg.sampling, cfg.gap_min, cfg.gap_max))
         self.clips = cfg.workload in CLIP_WORKLOADS
         slots = layout_of(cfg).slots if self.clips else 3
-        self.names = [f"jpeg{i}" for i in range(slots)] + ["info"]
-        self.dtypes = [types.UINT8] * slots + [types.INT64]
-        # clip workloads: what the plan needs per sample (frame count, height, width, frame rate)
-        self.stats = clip_stats(samples) if self.clips else None
+        self.names = [f"jpeg{i}" for i in range(slots)] + ["info"] + ([] if self.clips else ["bad"])
+        self.dtypes = [types.UINT8] * slots + [types.INT64] * (len(self.names) - slots)
+        # clip workloads: what the plan needs per sample (frame count, height, width, frame rate), and
+        # the keys that name a bad sample
+        self.stats = clip_stats(split.samples) if self.clips else None
+        self.keys = [s.key for s in split.samples] if self.clips else None
         self.prefetch = max(2, cfg.range_workers)  # batches made ahead: one per worker
         self.max_open = MAX_OPEN_FILES
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -101,32 +112,42 @@ class RangeSource:
     def read(self, epoch: int, batch: int) -> tuple:
         """Batch ``batch`` of ``epoch``: its JPEGs and what they are."""
         b = self.batch_size
-        ids = self.order(epoch)[batch * b:(batch + 1) * b]
-        rows = self.table[ids]
+        part = self.order(epoch)
+        ids = part[batch * b:(batch + 1) * b].copy()
         if self.clips:
-            st = self.stats[ids]
-            frames = plan_batch(self.cfg, self.seed_words, epoch, batch, st[:, 0], st[:, 1], st[:, 2], st[:, 3])["frames"]
-        else:
-            u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
-            frames = triplets(rows[:, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
+            return self._read_clips(epoch, batch, ids)
+        u = batch_rng(self.seed_words, epoch, batch, FRAMES).random((b, 3))
+        frames = triplets(self.table[ids, 3], u, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
+        jpegs: list[list[np.ndarray]] = [[], [], []]
+        bad = []
+        for slot, (sid, fr) in enumerate(zip(ids.tolist(), frames.tolist())):
+            sid, fr, got, met = self.checker.fill(self._fd, sid, fr, u[slot], part, (epoch, batch, slot),
+                                                  decode=(epoch, batch) == self.decode_batch)
+            ids[slot], frames[slot] = sid, fr
+            for k in range(3):
+                jpegs[k].append(np.frombuffer(got[k], dtype=np.uint8))
+            bad.append(np.array(met, dtype=np.int64).reshape(-1, 3))
+        info = np.concatenate([frames, self.table[ids, 3:4], ids[:, None]], axis=1).astype(np.int64)
+        return (*jpegs, info, bad)
+
+    def _read_clips(self, epoch: int, batch: int, ids: np.ndarray) -> tuple:
+        """A clip workload's batch: the plan's frames of each sample, checked (a bad one raises)."""
+        st = self.stats[ids]
+        frames = plan_batch(self.cfg, self.seed_words, epoch, batch, st[:, 0], st[:, 1], st[:, 2], st[:, 3])["frames"]
         jpegs: list[list[np.ndarray]] = [[] for _ in range(frames.shape[1])]
-        for (tar, mjpeg_offset, offsets_offset, _), fr in zip(rows.tolist(), frames.tolist()):
-            fd = self._fd(tar)
-            first = min(fr)  # one read of the offsets between the first and the last frame used
-            span = np.frombuffer(os.pread(fd, 8 * (max(fr) - first + 2), offsets_offset + 8 * first), dtype="<i8")
-            read: dict[int, np.ndarray] = {}  # a frame in several slots is read once
-            for k, i in enumerate(fr):
-                if i not in read:
-                    start, end = int(span[i - first]), int(span[i - first + 1])
-                    data = os.pread(fd, end - start, mjpeg_offset + start)
-                    if len(data) != end - start:
-                        raise ValueError(f"shard {self.tars[tar]}: short read of frame {i} (truncated tar?)")
-                    read[i] = np.frombuffer(data, dtype=np.uint8)
-                jpegs[k].append(read[i])
-        return (*jpegs, np.concatenate([frames, rows[:, 3:4], ids[:, None]], axis=1).astype(np.int64))
+        for sid, fr in zip(ids.tolist(), frames.tolist()):
+            got, problem = self.checker.one(self._fd, sid, fr, decode=False)
+            if problem is not None:
+                frame, code = problem
+                raise ValueError(f"shard {self.tars[int(self.table[sid, 0])]}: sample {self.keys[sid]}"
+                                 f"{'' if frame < 0 else f' frame {frame}'}: {REASONS[code]} "
+                                 "(run `python -m shards.inspect SHARDS --verify`)")
+            for k, data in enumerate(got):
+                jpegs[k].append(np.frombuffer(data, dtype=np.uint8))
+        return (*jpegs, np.concatenate([frames, self.table[ids, 3:4], ids[:, None]], axis=1).astype(np.int64))
 
 
-def clip_stats(samples: list[SampleRef]) -> np.ndarray:
+def clip_stats(samples: list) -> np.ndarray:
     """``[N, 4]`` float64 per sample: frame count, height, width, frame rate (what a clip plan reads)."""
     return np.array([(s.num_frames, s.height, s.width, s.fps) for s in samples], dtype=np.float64).reshape(-1, 4)
 

@@ -128,10 +128,11 @@ def test_every_batch_tensor_placement_and_dtype_on_cpu(sample_shards, mode: str)
     want = {"current_global": torch.bfloat16, "current_local": torch.bfloat16, "past": torch.bfloat16,
             "future": torch.bfloat16, "raw": torch.uint8, "frame_idx": torch.int64, "num_frames": torch.int64,
             "label": torch.int64}
-    assert set(b) == set(want) | {"key"}
+    assert set(b) == set(want) | {"key", "bad"}
     for name, dtype in want.items():
         assert b[name].device.type == "cpu" and b[name].dtype == dtype, name
     assert isinstance(b["key"], list) and all(isinstance(k, str) for k in b["key"])
+    assert b["bad"] == []  # the sample shards are sound (range mode checks every frame it reads)
 
 
 def _same_batches(a: list[dict], b: list[dict]) -> None:

@@ -12,6 +12,14 @@ each loader as a fraction of it, and the DALI loaders' speed ratios to the other
 run (``ratios``). Prints a table, writes ``--json`` and ``--png``. Trailing
 ``key=value`` arguments override ``PipelineConfig`` fields (e.g. ``global_size=112``).
 
+``dali-range-unchecked`` / ``dali-host-unchecked`` are ``dali-range`` / ``dali-host`` with
+``frame_check=none`` (no CRC-32 check of the fetched frames): the ratios ``... check cpu`` and
+``... check rate`` give the check's cost in the same run.
+
+The frame check is also timed alone (``frame_check``): the range reader's CPU time per triplet
+in this process with the check and without, batch by batch alternately, medians, and that
+difference as a share of ``dali-range``'s and ``dali-host``'s CPU per triplet.
+
 ``dali-host`` / ``dali-host-whole`` build only the graph's host side (``pipeline.host``: what a
 GPU run keeps on the CPU: reads, frame and parameter draws, byte slicing) on the CPU, in range
 mode (the GPU presets') and whole mode; their ``cpu_ms_per_triplet`` is the host CPU a GPU run
@@ -30,8 +38,11 @@ import gc
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,14 +53,18 @@ from pipeline.clip_plan import CLIP_WORKLOADS, layout_of
 from pipeline.config import PipelineConfig
 from pipeline.dataset import open_split, read_card
 from pipeline.loader import build_loader, parse_device
+from pipeline.params import BatchClock
+from pipeline.range_source import EpochOrder, RangeSource
 from pipeline.reference import ReferenceLoader
 from tools.config import load_config, parse_overrides
 
-LOADERS = ["dali", "dali-range", "dali-host", "dali-host-whole", "torch", "mp4", "ffcv"]
+LOADERS = ["dali", "dali-range", "dali-range-unchecked", "dali-host", "dali-host-unchecked", "dali-host-whole", "torch",
+           "mp4", "ffcv"]
 WORKLOADS = ["tcore", "simple", "dualvar", "cstp", "localglobal"]
 # loader: (read mode, graph); dali-host is the GPU presets' host side (range reads)
 DALI = {"dali": ("whole", "cpu"), "dali-range": ("range", "cpu"), "dali-host": ("range", "host"),
-        "dali-host-whole": ("whole", "host")}
+        "dali-host-whole": ("whole", "host"), "dali-range-unchecked": ("range", "cpu"),
+        "dali-host-unchecked": ("range", "host")}
 HOST_BATCHES = 8  # dali-host loaders run this many times --batches per repeat
 MAX_PARALLEL = 16  # each DataLoader / range worker is a process of ~0.3 GB; a batch of 32 splits no finer
 
@@ -122,6 +137,7 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
         return {"skipped": "clip workloads: the dali and dali-range loaders only (no host-side or peer clip loader)"}
     if name in DALI:
         cfg.read_mode, graph = DALI[name]
+        cfg.frame_check = "none" if name.endswith("-unchecked") else cfg.frame_check
         on = "host" if graph == "host" else device
 
         def make():
@@ -166,6 +182,35 @@ def ceiling(split, dali_device: str, device_id, workers: int) -> dict:
             "jpeg_bytes_mean": sum(map(len, jpegs)) / len(jpegs)}
 
 
+def check_cost(split, base: PipelineConfig, batch: int, rounds: int = 400) -> dict:
+    """The range reader's CPU µs per triplet (this process: reads, checks) with ``frame_check=auto``
+    and ``none``, the two alternating batch by batch (first one, then the other), medians."""
+    nb = max(1, len(split.samples) // batch)
+    sources = {}
+    for check in ("auto", "none"):
+        cfg = replace(base, frame_check=check, read_mode="range")
+        order = EpochOrder(len(split.samples), cfg.seed, 0, 1, nb * batch)
+        sources[check] = RangeSource(cfg, split, order, BatchClock(0, 0, nb), min(batch, len(split.samples)),
+                                     (cfg.seed, 0), bool(split.card.get("format_version", 1) >= 2))
+    times: dict[str, list[float]] = {k: [] for k in sources}
+    for r in range(rounds):
+        epoch, b = divmod(r // 2, nb)
+        for k in (("auto", "none") if r % 2 == 0 else ("none", "auto")):
+            t0 = time.process_time_ns()
+            sources[k].read(epoch, b)
+            times[k].append((time.process_time_ns() - t0) / 1e3 / sources[k].batch_size)
+    checked, plain = statistics.median(times["auto"]), statistics.median(times["none"])
+    return {"checked_us_per_triplet": checked, "unchecked_us_per_triplet": plain, "check_us_per_triplet": checked - plain}
+
+
+def check_shares(report: dict) -> dict:
+    """The frame check's µs per triplet as a share of each range loader's CPU per triplet, per workload."""
+    us = report["frame_check"]["check_us_per_triplet"]
+    return {f"{workload} {name}": us / 1e3 / entry["loaders"][name]["cpu_ms_per_triplet"]
+            for workload, entry in report["workloads"].items() for name in ("dali-range", "dali-host")
+            if "cpu_ms_per_triplet" in entry["loaders"].get(name, {})}
+
+
 def describe_device(device: str, workers: int) -> str:
     cores = f"{workers} of {os.cpu_count()} CPU cores"
     if device.startswith("cuda"):
@@ -184,6 +229,12 @@ def ratios(report: dict) -> dict:
             if host in rates and full in rates:
                 out[workload][f"{host}/{full} cpu"] = (entry["loaders"][host]["cpu_ms_per_triplet"]
                                                        / entry["loaders"][full]["cpu_ms_per_triplet"])
+        for checked in ("dali-range", "dali-host"):  # the frame check's cost: checked over unchecked
+            plain = entry["loaders"].get(f"{checked}-unchecked", {})
+            if checked in rates and "triplets_per_s" in plain:
+                out[workload][f"{checked} check cpu"] = (entry["loaders"][checked]["cpu_ms_per_triplet"]
+                                                         / plain["cpu_ms_per_triplet"])
+                out[workload][f"{checked} check rate"] = rates[checked] / plain["triplets_per_s"]
         for d in ("dali", "dali-range"):
             if d in rates:
                 out[workload][f"{d}/ceiling"] = entry["loaders"][d]["fraction_of_ceiling"]
@@ -265,7 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             report["workloads"][workload] = {"loaders": entries}
     report["loaders"] = report["workloads"].get("tcore", {}).get("loaders", {})
     report["ratios"] = ratios(report)
+    report["frame_check"] = check_cost(split, base, args.batch)
+    report["frame_check"]["share_of_loader_cpu"] = check_shares(report)
     print_table(report)
+    fc = report["frame_check"]
+    print(f"frame check (range reader, CPU per triplet, medians): {fc['checked_us_per_triplet']:.1f} µs checked, "
+          f"{fc['unchecked_us_per_triplet']:.1f} µs unchecked: +{fc['check_us_per_triplet']:.1f} µs; of the loaders' "
+          "CPU per triplet: " + ", ".join(f"{k} {v:.2%}" for k, v in fc["share_of_loader_cpu"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if args.png:

@@ -38,6 +38,7 @@ from model.metrics import MetricsLogger
 from pipeline.config import PipelineConfig
 from tools import train_clips
 from tools.config import config_to_dict, load_config, save_config
+from tools.data_log import BadDataError, DataLog
 from tools.distributed import (
     Dist,
     fault_step,
@@ -97,6 +98,9 @@ class TrainConfig:
     dist_timeout_min: float = 10.0  # a collective waiting this long on a dead/hung peer fails the job
     seed: int = 0
     tensorboard: bool = True
+    # stop once replaced bad samples exceed this fraction of the samples seen (tools/data_log.py)
+    max_bad_fraction: float = 0.001
+    log_keys: bool = False  # write OUT/keys.jsonl: every step's sample keys per rank
 
     def validate(self) -> None:
         """Raise ValueError on values that cannot work."""
@@ -106,6 +110,8 @@ class TrainConfig:
             raise ValueError("train.max_steps must be >= -1, train.log_every and train.keep_checkpoints >= 1")
         if not self.dist_timeout_min > 0:
             raise ValueError(f"train.dist_timeout_min: must be > 0 minutes, got {self.dist_timeout_min}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"train.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
 
 
 CLIP_METHODS = ("dualvar", "cstp", "localglobal")
@@ -202,9 +208,10 @@ def save(st: Any, writer: CheckpointWriter | None, batches_per_epoch: int) -> No
 
 
 def loop(st: Any, loader: Any, logger: MetricsLogger, out: Path, stop: int,
-         writer: CheckpointWriter | None) -> None:
+         writer: CheckpointWriter | None, data: DataLog) -> None:
     """Run steps ``st.step .. stop - 1``, logging every ``log_every`` and checkpointing as configured
-    (``writer``: rank 0's, None elsewhere)."""
+    (``writer``: rank 0's, None elsewhere); ``data`` records bad samples and stops the run past
+    ``train.max_bad_fraction`` (after a checkpoint)."""
     tc, nb, ipe = st.cfg.train, len(loader), st.iters_per_epoch
     step_fn = METHODS[st.cfg.method].step
     acc: dict[str, torch.Tensor] = {}
@@ -223,13 +230,18 @@ def loop(st: Any, loader: Any, logger: MetricsLogger, out: Path, stop: int,
             if batch is None:
                 break
             wait += time.perf_counter() - t_wait
+            data.add(batch, st.step)
             terms = step_fn(st, batch, st.step)
             acc = {k: acc.get(k, 0) + v for k, v in terms.items()}
             n += 1
             st.step += 1
             if st.step % tc.log_every == 0 or st.step == stop:
-                logger.log(log_window(st, acc, n, time.perf_counter() - t0, wait))
+                logger.log(log_window(st, acc, n, time.perf_counter() - t0, wait) | data.window(logger.info))
                 acc, n, wait, t0 = {}, 0, 0.0, time.perf_counter()
+                too_many = data.over(st.step * tc.batch_size_per_gpu * st.dist.world)
+                if too_many:
+                    save(st, writer, nb)
+                    raise BadDataError(too_many)
             due = (st.step % ipe == 0 or time.monotonic() - last_ckpt > 60 * tc.checkpoint_every_min
                    or (tc.checkpoint_every_steps and st.step % tc.checkpoint_every_steps == 0))
             if due:
@@ -309,8 +321,10 @@ def run(cfg: RunConfig, shards: str, loader: Any = None) -> dict[str, Any]:
                 f"({ipe} iterations per epoch, {len(loader)} batches per loader pass, "
                 f"batch {cfg.train.batch_size_per_gpu} per process)")
     writer = CheckpointWriter(out / "checkpoints", cfg.train.keep_checkpoints) if d.rank == 0 else None
+    data = DataLog(out, d.rank, d.world, cfg.train.max_bad_fraction,
+                   len(loader) * cfg.train.batch_size_per_gpu * d.world, st.step, cfg.train.log_keys)
     try:
-        loop(st, loader, logger, out, stop, writer)
+        loop(st, loader, logger, out, stop, writer, data)
     finally:
         logger.close()
         method.close(st)
@@ -363,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except CheckpointWriteError as exc:
+    except (CheckpointWriteError, BadDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,27 @@ def downgrade_to_v1(out: Path) -> Path:
     (out / "dataset.json").write_text(json.dumps(card, indent=1))
     return out
 
+
+
+def undecodable_frame(out: Path, split: str, shard: int, sample: int, frame: int) -> set[Spot]:
+    """Replace one frame by bytes that are no JPEG at all, with offsets and CRC-32 rewritten to match
+    (a sharder bug, not damage in transit: only a decoder finds it); the card's sizes follow."""
+    tar, samples = members(out, split, shard)
+    target = samples[sample]["mjpeg"].key
+
+    def edit(key: str, parts: dict[str, bytes]) -> dict[str, bytes]:
+        if key != target:
+            return parts
+        off = np.frombuffer(parts["offsets"], "<i8")
+        frames = [parts["mjpeg"][a:b] for a, b in zip(off[:-1], off[1:])]
+        frames[frame] = b"not a JPEG: " + bytes(range(256)) * 4
+        offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype("<i8")
+        crcs = np.array([zlib.crc32(f) for f in frames], dtype="<u4")
+        return {**parts, "mjpeg": b"".join(frames), "offsets": offsets.tobytes(), "crc": crcs.tobytes()}
+
+    rewrite(tar, edit)
+    card = json.loads((out / "dataset.json").read_text())
+    entry = next(s for s in card["splits"][split]["shards"] if s["tar"] == tar.name)
+    entry["bytes"] = tar.stat().st_size
+    (out / "dataset.json").write_text(json.dumps(card, indent=1))
+    return {(tar.name, target, frame)}
