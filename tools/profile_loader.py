@@ -204,11 +204,12 @@ def check_cost(split, base: PipelineConfig, batch: int, rounds: int = 400) -> di
 
 
 def check_shares(report: dict) -> dict:
-    """The frame check's µs per triplet as a share of each range loader's CPU per triplet, per workload."""
+    """The frame check's µs per triplet as a share of each range loader's CPU per triplet, per workload
+    (left out where a run was too short for the CPU clock to tick: 0 ms measured)."""
     us = report["frame_check"]["check_us_per_triplet"]
     return {f"{workload} {name}": us / 1e3 / entry["loaders"][name]["cpu_ms_per_triplet"]
             for workload, entry in report["workloads"].items() for name in ("dali-range", "dali-host")
-            if "cpu_ms_per_triplet" in entry["loaders"].get(name, {})}
+            if entry["loaders"].get(name, {}).get("cpu_ms_per_triplet", 0) > 0}
 
 
 def describe_device(device: str, workers: int) -> str:
@@ -216,6 +217,11 @@ def describe_device(device: str, workers: int) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(parse_device(device)[2])} (+{cores})"
     return f"cpu ({cores})"
+
+
+def _share(a: float, b: float) -> float:
+    """a / b; NaN when b is 0 (a run too short for the CPU clock to tick)."""
+    return a / b if b > 0 else float("nan")
 
 
 def ratios(report: dict) -> dict:
@@ -227,13 +233,13 @@ def ratios(report: dict) -> dict:
                          for o in rates if not o.startswith("dali")}
         for host, full in (("dali-host", "dali-range"), ("dali-host-whole", "dali")):  # host share of CPU use
             if host in rates and full in rates:
-                out[workload][f"{host}/{full} cpu"] = (entry["loaders"][host]["cpu_ms_per_triplet"]
-                                                       / entry["loaders"][full]["cpu_ms_per_triplet"])
+                out[workload][f"{host}/{full} cpu"] = _share(entry["loaders"][host]["cpu_ms_per_triplet"],
+                                                             entry["loaders"][full]["cpu_ms_per_triplet"])
         for checked in ("dali-range", "dali-host"):  # the frame check's cost: checked over unchecked
             plain = entry["loaders"].get(f"{checked}-unchecked", {})
             if checked in rates and "triplets_per_s" in plain:
-                out[workload][f"{checked} check cpu"] = (entry["loaders"][checked]["cpu_ms_per_triplet"]
-                                                         / plain["cpu_ms_per_triplet"])
+                out[workload][f"{checked} check cpu"] = _share(entry["loaders"][checked]["cpu_ms_per_triplet"],
+                                                               plain["cpu_ms_per_triplet"])
                 out[workload][f"{checked} check rate"] = rates[checked] / plain["triplets_per_s"]
         for d in ("dali", "dali-range"):
             if d in rates:
