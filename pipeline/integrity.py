@@ -51,6 +51,11 @@ TAR, MJPEG, OFFSETS_AT, FRAMES, MJPEG_SIZE, CRC_AT, KNOWN = range(7)
 Problem = tuple[int, int]  # (frame or -1, reason code)
 
 
+class ReaderError(ValueError):
+    """Bad data the range reader could not replace (a clip workload's bad sample, a run of bad
+    replacements): its message names the shard, the sample and the reason, in one line."""
+
+
 def sample_table(samples: list, tars: list[str], damaged: dict[int, tuple[str, str]]) -> np.ndarray:
     """[N, 7] int64: tar id, mjpeg offset, offsets offset, frames, mjpeg size, crc offset (-1: none),
     reason code of damage found at open (-1: none)."""
@@ -131,7 +136,7 @@ class SampleChecker:
             if sid < 0:
                 break
             frames = triplets(self.table[sid:sid + 1, FRAMES], u[None], *self.sampling)[0].tolist()
-        raise ValueError(f"epoch {where[0]}, batch {where[1]}: {len(bad)} samples in a row were bad, "
+        raise ReaderError(f"epoch {where[0]}, batch {where[1]}: {len(bad)} samples in a row were bad, "
                          "replacements included (run `python -m shards.inspect SHARDS --verify`)")
 
 

@@ -54,7 +54,7 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset import Split, open_split
 from pipeline.graph import GraphInputs, host_output_names, make_pipeline, output_names
 from pipeline.host import ParamSource, WholePlan
-from pipeline.integrity import bad_records, refuse_failed_set
+from pipeline.integrity import ReaderError, bad_records, refuse_failed_set
 from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
 from shards.card import has_checksums
@@ -214,6 +214,11 @@ class TripletLoader:
                 live[0] = None
                 outs, self._retried = self._decoded_retry(epoch, b, exc)
                 live[0] = self.pipeline(*live[1])
+            except Exception as exc:  # DALI wraps a reader worker's ValueError in a plain Exception
+                line = worker_value_error(exc)
+                if line is None:
+                    raise
+                raise ReaderError(line) from None
             yield self._batch(outs)
             self._retried = None  # the batch is handed over and used: its pipeline can go
 
@@ -280,6 +285,13 @@ class TripletLoader:
         batch["label"] = torch.as_tensor(labels, dtype=torch.int64)
         batch["bad"] = bad_records(raw["bad"], self.split) if "bad" in raw else []
         return batch
+
+
+def worker_value_error(exc: Exception) -> str | None:
+    """The message of the ``ValueError`` a range reader raised in a DALI worker process (bad data
+    named by the reader), found in the text DALI passes on; None for any other error."""
+    found = [ln.split("ValueError: ", 1)[1] for ln in str(exc).splitlines() if "ValueError: " in ln]
+    return found[-1].strip() if found else None
 
 
 def build_loader(cfg: PipelineConfig, shards_dir: str | Path, *, batch_size: int, device: str,

@@ -28,7 +28,7 @@ from nvidia.dali import types
 from pipeline.clip_plan import CLIP_WORKLOADS, layout_of, plan_batch
 from pipeline.config import PipelineConfig
 from pipeline.dataset import Split
-from pipeline.integrity import SampleChecker, sample_table
+from pipeline.integrity import ReaderError, SampleChecker, sample_table
 from pipeline.params import FRAMES, BatchClock, batch_rng
 from pipeline.sampling import triplets
 from shards.integrity import REASONS
@@ -139,7 +139,7 @@ class RangeSource:
             got, problem = self.checker.one(self._fd, sid, fr, decode=False)
             if problem is not None:
                 frame, code = problem
-                raise ValueError(f"shard {self.tars[int(self.table[sid, 0])]}: sample {self.keys[sid]}"
+                raise ReaderError(f"shard {self.tars[int(self.table[sid, 0])]}: sample {self.keys[sid]}"
                                  f"{'' if frame < 0 else f' frame {frame}'}: {REASONS[code]} "
                                  "(run `python -m shards.inspect SHARDS --verify`)")
             for k, data in enumerate(got):

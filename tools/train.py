@@ -36,6 +36,7 @@ from model.dualvar import DualVarConfig
 from model.localglobal import LocalGlobalConfig
 from model.metrics import MetricsLogger
 from pipeline.config import PipelineConfig
+from pipeline.integrity import ReaderError
 from tools import train_clips
 from tools.config import config_to_dict, load_config, save_config
 from tools.data_log import BadDataError, DataLog
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointWriteError, BadDataError) as exc:
+    except (CheckpointWriteError, BadDataError, ReaderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline.config import PipelineConfig
+from pipeline.integrity import ReaderError
 from pipeline.loader import build_loader
 from shards.inspect import main as inspect_main
 from shards.integrity import CHECKSUM, CRC_TABLE, DECODE, INDEX, OFFSETS, TRUNCATED
@@ -300,3 +301,16 @@ def test_missing_or_short_checksum_table_and_broken_offsets(sample_shards, tmp_p
     if verify_offsets:  # the open finds the short table; a read only checks the entries it needs
         want.add((short_crc, CRC_TABLE))
     assert want <= bad and {k for k, _ in bad} <= {no_crc, short_crc, broken.key}
+
+
+def test_clip_workload_range_mode_stops_on_a_bad_sample_naming_it(clip_shards, tmp_path):
+    """A clip workload reads through the same frame check; with no replacement for its per-batch
+    plan, a bad sample stops the batch with one line naming the shard, the sample and the reason."""
+    out = copy_set(clip_shards, tmp_path / "clips")
+    for shard in range(len(list((out / "train").glob("*.tar")))):  # every sample of the split
+        for i in range(len(members(out, "train", shard)[1])):
+            zero_middle(out, "train", shard, i)
+    cfg = PipelineConfig(workload="cstp", read_mode="range", clip_size=32, num_threads=1, shuffle_buffer=8)
+    loader = build_loader(cfg, out, batch_size=2, device="cpu")
+    with pytest.raises(ReaderError, match=rf"train-\d+\.tar: sample \S+ frame \d+: {CHECKSUM}"):
+        next(iter(loader.iter_epoch(0)))
