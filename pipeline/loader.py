@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import threading
 import weakref
 from collections.abc import Iterator
@@ -290,7 +291,7 @@ class TripletLoader:
 def worker_value_error(exc: Exception) -> str | None:
     """The message of the ``ValueError`` a range reader raised in a DALI worker process (bad data
     named by the reader), found in the text DALI passes on; None for any other error."""
-    found = [ln.split("ValueError: ", 1)[1] for ln in str(exc).splitlines() if "ValueError: " in ln]
+    found = [m.group(1) for m in re.finditer(r"(?:ReaderError|ValueError): (.+)", str(exc))]
     return found[-1].strip() if found else None
 
 
