@@ -215,7 +215,7 @@ def check_shares(report: dict) -> dict:
     us = report["frame_check"]["check_us_per_triplet"]
     return {f"{workload} {name}": us / 1e3 / entry["loaders"][name]["cpu_ms_per_triplet"]
             for workload, entry in report["workloads"].items() for name in ("dali-range", "dali-host")
-            if "cpu_ms_per_triplet" in entry["loaders"].get(name, {})}
+            if entry["loaders"].get(name, {}).get("cpu_ms_per_triplet", 0) > 0}  # 0: under one clock tick
 
 
 def describe_device(device: str, workers: int) -> str:
