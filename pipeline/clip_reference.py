@@ -99,7 +99,7 @@ class ClipBatches(Dataset):
     """Item b: batch b of ``epoch`` (see the module docstring)."""
 
     def __init__(self, kind: str, cfg: PipelineConfig, split: Split, batch_size: int, epoch: int,
-                 root: str | Path | None = None):
+                 root: str | Path | None = None, decoder: str = "auto"):
         self.kind, self.cfg, self.split, self.batch_size, self.epoch = kind, cfg, split, batch_size, epoch
         self.root = Path(root) if root is not None else None
         self.batches = len(split.samples) * cfg.repeat // batch_size
@@ -108,7 +108,7 @@ class ClipBatches(Dataset):
         self.tars = sorted({s.tar for s in split.samples})
         self.table = sample_table(split.samples, self.tars, split.damaged)
         self.crc = cfg.frame_check != "none" and split.card.get("format_version", 1) >= 2
-        self.decoder = best_decoder() if kind == "mp4" else None
+        self.decoder = best_decoder(decoder) if kind == "mp4" else None
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -173,7 +173,7 @@ class ClipReferenceLoader:
     """``iter_epoch`` over a DataLoader of ``ClipBatches`` (``kind``: ``torch`` or ``mp4``)."""
 
     def __init__(self, kind: str, cfg: PipelineConfig, split: Split, *, batch_size: int, num_workers: int,
-                 root: str | Path | None = None):
+                 root: str | Path | None = None, decoder: str = "auto"):
         if kind not in ("torch", "mp4"):
             raise ValueError(f"clip reference loader: kind must be torch or mp4, got {kind!r}")
         if kind == "mp4" and root is None:
@@ -181,13 +181,13 @@ class ClipReferenceLoader:
         self.kind, self.cfg, self.split, self.root = kind, cfg, split, root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.batches = len(split.samples) * cfg.repeat // batch_size
-        self.decoder = best_decoder()[0] if kind == "mp4" else "torchvision.io.decode_jpeg"
+        self.decoder = best_decoder(decoder)[0] if kind == "mp4" else "torchvision.io.decode_jpeg"
 
     def __len__(self) -> int:
         return self.batches
 
     def iter_epoch(self, epoch: int) -> Iterator[dict]:
-        ds = ClipBatches(self.kind, self.cfg, self.split, self.batch_size, epoch, self.root)
+        ds = ClipBatches(self.kind, self.cfg, self.split, self.batch_size, epoch, self.root, self.decoder)
         dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
                         prefetch_factor=2 if self.num_workers else None)
         yield from dl

@@ -93,11 +93,11 @@ def rng_py(rng: np.random.Generator):
 class VideoTriplets(Dataset):
     """The split's original videos (``source`` paths under ``root``), one triplet per item."""
 
-    def __init__(self, split: Split, cfg: PipelineConfig, root: str | Path, epoch: int):
+    def __init__(self, split: Split, cfg: PipelineConfig, root: str | Path, epoch: int, decoder: str = "auto"):
         self.split, self.cfg, self.root, self.epoch = split, cfg, Path(root), epoch
         self.order = np.concatenate([_rng(cfg, epoch).permutation(len(split.samples)) for _ in range(cfg.repeat)])
         self.frames: dict[int, int] = {}
-        self.decode = best_decoder()[1]
+        self.decode = best_decoder(decoder)[1]
 
     def __len__(self) -> int:
         return len(self.order)
@@ -126,13 +126,13 @@ class ReferenceLoader:
     """``iter_epoch`` over a DataLoader of ``ShardTriplets`` (torch) or ``VideoTriplets`` (mp4)."""
 
     def __init__(self, kind: str, cfg: PipelineConfig, split: Split, *, batch_size: int,
-                 num_workers: int, root: str | Path | None = None):
+                 num_workers: int, root: str | Path | None = None, decoder: str = "auto"):
         if kind == "mp4" and root is None:
             raise ValueError("the mp4 loader needs the source collection's root directory")
         self.kind, self.cfg, self.split, self.root = kind, cfg, split, root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.batches = len(split.samples) * cfg.repeat // batch_size
-        self.decoder = best_decoder()[0] if kind == "mp4" else "PIL"
+        self.decoder = best_decoder(decoder)[0] if kind == "mp4" else "PIL"
 
     def __len__(self) -> int:
         return self.batches
@@ -141,7 +141,7 @@ class ReferenceLoader:
         if self.kind == "torch":
             ds = ShardTriplets(self.split, self.cfg, epoch)
         else:
-            ds = VideoTriplets(self.split, self.cfg, self.root, epoch)
+            ds = VideoTriplets(self.split, self.cfg, self.root, epoch, self.decoder)
         dl = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
                         prefetch_factor=2 if self.num_workers else None)
         for b, batch in enumerate(dl):

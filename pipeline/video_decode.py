@@ -128,7 +128,12 @@ def available_decoders() -> list[str]:
     return [name for name, (module, _) in DECODERS.items() if _installed(module)]
 
 
-def best_decoder() -> tuple[str, Decoder]:
-    """(name, function) of the first installed decoder of ``DECODERS``."""
-    name = available_decoders()[0]
+def best_decoder(name: str = "auto") -> tuple[str, Decoder]:
+    """(name, function) of decoder ``name``, or for ``auto`` the first installed one of ``DECODERS``."""
+    if name == "auto":
+        name = available_decoders()[0]
+    if name not in DECODERS:
+        raise ValueError(f"mp4 decoder '{name}': choose auto or one of {list(DECODERS)}")
+    if not _installed(DECODERS[name][0]):
+        raise ValueError(f"mp4 decoder '{name}': python module '{DECODERS[name][0]}' is not installed")
     return name, DECODERS[name][1]

@@ -58,6 +58,7 @@ from pipeline.loader import build_loader, parse_device
 from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
 from pipeline.reference import ReferenceLoader
+from pipeline.video_decode import DECODERS
 from tools.config import load_config, parse_overrides
 
 LOADERS = ["dali", "dali-range", "dali-range-unchecked", "dali-host", "dali-host-unchecked", "dali-host-whole", "torch",
@@ -91,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda when usable, else cpu), cpu, cuda or cuda:N; "
                     "cuda without a usable GPU is an error")
     ap.add_argument("--root", default=None, help="the source collection (for mp4; default: the sample tree)")
+    ap.add_argument("--mp4-decoder", default="auto", choices=["auto", *DECODERS],
+                    help="the mp4 peers' decoder (auto: the fastest installed, pipeline.video_decode)")
     ap.add_argument("--workers", type=int, default=None,
                     help=f"DataLoader/FFCV workers and range readers (default: cores, at most {MAX_PARALLEL} and the batch)")
     ap.add_argument("--json", default=None)
@@ -150,7 +153,11 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
             return {"skipped": "mp4 needs --root (the collection the shards were made from)"}
 
         kind = ClipReferenceLoader if clips else ReferenceLoader
-        ref = kind(name, cfg, split, batch_size=args.batch, num_workers=args.workers, root=root)
+        try:
+            ref = kind(name, cfg, split, batch_size=args.batch, num_workers=args.workers, root=root,
+                       decoder=args.mp4_decoder)
+        except ValueError as exc:  # a decoder that is not installed
+            return {"skipped": str(exc)}
 
         def make():
             return ref.iter_epoch(0)
