@@ -124,7 +124,7 @@ profile-kinetics-like: setup
 	$(PY) -m shards --data kinetics --root $(KLIKE)/videos --out $(KLIKE)/shards --shard-mb 8
 	$(MAKE) --no-print-directory profile SHARDS=$(KLIKE)/shards ROOT=$(KLIKE)/videos
 
-# decord2 (optional extra "video", the fastest mp4 decoder measured by bench-decoders) for the mp4 peers;
+# decord2 (optional extra "video", the fastest decoder of clip frames measured by bench-decoders) for the mp4 peers;
 # without it they decode with PyAV
 .PHONY: video bench-decoders
 video: setup

@@ -4,8 +4,7 @@
   table picks the 3 frames (same rule: ``pipeline.sampling.sample_triplet``), only those 3 JPEGs
   are decoded with PIL, and ``pipeline.torch_views`` makes the views.
 - ``mp4``: what existing codebases do: a ``DataLoader`` over the original video files; the
-  fastest installed decoder of ``pipeline.video_decode`` (decord2, else torchcodec, else PyAV)
-  seeks to the keyframe before the wanted frames and decodes forward through them (the rule is
+  fastest decoder of ``pipeline.video_decode`` for triplets (PyAV, as measured) seeks to the keyframe before the wanted frames and decodes forward through them (the rule is
   applied to the source's frame count); then the same views.
 
 Both yield the batch dicts of ``pipeline.loader`` (CPU tensors) plus ``decoded`` [B]: frames
@@ -97,7 +96,7 @@ class VideoTriplets(Dataset):
         self.split, self.cfg, self.root, self.epoch = split, cfg, Path(root), epoch
         self.order = np.concatenate([_rng(cfg, epoch).permutation(len(split.samples)) for _ in range(cfg.repeat)])
         self.frames: dict[int, int] = {}
-        self.decode = best_decoder(decoder)[1]
+        self.decode = best_decoder(decoder, "triplets")[1]
 
     def __len__(self) -> int:
         return len(self.order)
@@ -132,7 +131,7 @@ class ReferenceLoader:
         self.kind, self.cfg, self.split, self.root = kind, cfg, split, root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.batches = len(split.samples) * cfg.repeat // batch_size
-        self.decoder = best_decoder(decoder)[0] if kind == "mp4" else "PIL"
+        self.decoder = best_decoder(decoder, "triplets")[0] if kind == "mp4" else "PIL"
 
     def __len__(self) -> int:
         return self.batches

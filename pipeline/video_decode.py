@@ -8,8 +8,9 @@ PyAV; for torchcodec and decord2, which do not report it, the same rule computed
 keyframe positions (read once per video by demuxing, no decoding). Each decoder uses one
 thread: the loaders run one decoder per worker process.
 
-``DECODERS`` lists them fastest first as measured by ``tools/bench_video_decoders.py`` (see
-the README); ``best_decoder()`` is the first one installed (PyAV always is).
+``PREFERENCE`` orders them fastest first for clips and for triplets as measured by
+``tools/bench_video_decoders.py`` and the profiler (see the README); ``best_decoder()`` is the
+first one installed (PyAV always is).
 """
 
 from __future__ import annotations
@@ -115,12 +116,16 @@ def _installed(module: str) -> bool:
         return False
 
 
-# fastest first (tools/bench_video_decoders.py, README "Loaders"); name: (module, function)
 DECODERS: dict[str, tuple[str, Decoder]] = {
     "decord2": ("decord", decord_frames),
     "torchcodec": ("torchcodec", torchcodec_frames),
     "pyav": ("av", pyav_frames),
 }
+# fastest first per kind of frame set (tools/bench_video_decoders.py and the profiler, README
+# "mp4 decoders"): runs of clip frames, decord2 (1.5x PyAV's frames/s, 0.9x its CPU); the three
+# scattered frames of a triplet, PyAV (decord2's wall time is lower but its CPU per frame and the
+# tcore mp4 loader's CPU per triplet higher)
+PREFERENCE = {"clips": ("decord2", "torchcodec", "pyav"), "triplets": ("pyav", "decord2", "torchcodec")}
 
 
 def available_decoders() -> list[str]:
@@ -128,10 +133,11 @@ def available_decoders() -> list[str]:
     return [name for name, (module, _) in DECODERS.items() if _installed(module)]
 
 
-def best_decoder(name: str = "auto") -> tuple[str, Decoder]:
-    """(name, function) of decoder ``name``, or for ``auto`` the first installed one of ``DECODERS``."""
+def best_decoder(name: str = "auto", frames: str = "clips") -> tuple[str, Decoder]:
+    """(name, function) of decoder ``name``, or for ``auto`` the first installed one of
+    ``PREFERENCE[frames]`` (``clips`` or ``triplets``)."""
     if name == "auto":
-        name = available_decoders()[0]
+        name = next(n for n in PREFERENCE[frames] if _installed(DECODERS[n][0]))
     if name not in DECODERS:
         raise ValueError(f"mp4 decoder '{name}': choose auto or one of {list(DECODERS)}")
     if not _installed(DECODERS[name][0]):

@@ -15,6 +15,7 @@ from pipeline.range_source import EpochOrder, RangeSource, clip_stats
 from pipeline.video_decode import (
     DECODERS,
     available_decoders,
+    best_decoder,
     decoded_count,
     keyframes,
     pyav_frames,
@@ -77,6 +78,9 @@ def test_decoders_agree_with_pyav(sample_root) -> None:
         got, n = DECODERS[name][1](video, wanted)
         assert torch.equal(got, ref), name
         assert n == decoded
+    assert best_decoder("auto", "triplets")[0] == "pyav" and best_decoder("pyav")[1] is pyav_frames
+    with pytest.raises(ValueError, match="mp4 decoder 'nope'"):
+        best_decoder("nope")
 
 
 def test_mp4_clip_loader_plans_from_the_videos(clip_shards, sample_root) -> None:

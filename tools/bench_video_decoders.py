@@ -4,7 +4,8 @@ Frame sets, drawn once per repeat (seeded) for every video under ``--root``: ``c
 consecutive frames at stride s, a random start, as the clip methods read) and ``triplet`` (the
 T-CoRe sandwich: past, current, future with the default gap rule of ``pipeline.sampling``). Per
 (set, decoder): delivered frames/s over a pass through all videos (one process, one decoder
-thread), median over ``--repeats`` passes (the decoders take turns within a pass, the order
+thread asked for) and CPU ms per delivered frame (the process's, all threads: what bounds a
+loader whose workers fill the cores), medians over ``--repeats`` passes (the decoders take turns within a pass, the order
 rotated each repeat), decoded frames per delivered frame, and the largest pixel difference to
 PyAV's frames (0: the same frames). Prints a table and writes ``--json``.
 """
@@ -53,6 +54,7 @@ def whole(path: Path) -> bool:
 def run(videos: list[Path], decoders: list[str], repeats: int, frames: int, stride: int, seed: int) -> dict:
     """{set: {decoder: {frames_per_s, decoded_per_delivered, max_abs_diff_to_pyav}}}."""
     rates: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     decoded: dict[tuple[str, str], int] = {}
     diff: dict[tuple[str, str], int] = {}
     delivered: dict[str, int] = {}
@@ -64,9 +66,11 @@ def run(videos: list[Path], decoders: list[str], repeats: int, frames: int, stri
             pixels = {}
             for dec in order:
                 fn = DECODERS[dec][1]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 got = [fn(v, w) for v, w in zip(videos, wanted)]
-                rates.setdefault((name, dec), []).append(sum(map(len, wanted)) / (time.perf_counter() - t0))
+                n = sum(map(len, wanted))
+                rates.setdefault((name, dec), []).append(n / (time.perf_counter() - t0))
+                cpu.setdefault((name, dec), []).append((time.process_time() - c0) * 1e3 / n)
                 decoded[(name, dec)] = decoded.get((name, dec), 0) + sum(n for _, n in got)
                 pixels[dec] = [x for x, _ in got]
             for dec in order:
@@ -76,6 +80,7 @@ def run(videos: list[Path], decoders: list[str], repeats: int, frames: int, stri
     out: dict[str, dict] = {}
     for (name, dec), rs in rates.items():
         out.setdefault(name, {})[dec] = {"frames_per_s": statistics.median(rs),
+                                         "cpu_ms_per_frame": statistics.median(cpu[(name, dec)]),
                                          "decoded_per_delivered": decoded[(name, dec)] / delivered[name],
                                          "max_abs_diff_to_pyav": diff[(name, dec)]}
     return out
@@ -86,12 +91,13 @@ def print_table(report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report['videos']} videos, {report['repeats']} repeats, medians")
-    for col in ("frame set", "decoder", "frames/s", "× pyav", "decoded/delivered", "max |Δ| to pyav"):
+    for col in ("frame set", "decoder", "frames/s", "× pyav", "CPU ms/frame", "decoded/delivered", "max |Δ| to pyav"):
         table.add_column(col, justify="left" if col in ("frame set", "decoder") else "right")
     for name, decs in report["sets"].items():
         base = decs.get("pyav", {}).get("frames_per_s")
         for dec, r in sorted(decs.items(), key=lambda kv: -kv[1]["frames_per_s"]):
             table.add_row(name, dec, f"{r['frames_per_s']:.0f}", f"{r['frames_per_s'] / base:.2f}" if base else "",
+                          f"{r['cpu_ms_per_frame']:.2f}",
                           f"{r['decoded_per_delivered']:.2f}", str(r["max_abs_diff_to_pyav"]))
     Console().print(table)
     for name, why in report["skipped"].items():
