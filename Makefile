@@ -114,7 +114,7 @@ PROFILE_FLAGS = --shards "$(SHARDS)" --loaders $(LOADERS) --workloads $(WORKLOAD
   $(call opt,batches,$(BATCHES)) $(call opt,batch,$(BATCH)) $(call opt,json,$(JSON)) \
   $(call opt,png,$(PNG)) $(call opt,root,$(ROOT))
 
-profile: setup ffcv
+profile: setup ffcv video
 	$(PY) -m tools.profile_loader $(PROFILE_FLAGS)
 
 # the same profile on Kinetics-shaped clips (10 s, 340x256, 25 fps, x264 default GOP)
@@ -123,6 +123,17 @@ profile-kinetics-like: setup
 	$(PY) -m shards.kinetics_like $(KLIKE)/videos
 	$(PY) -m shards --data kinetics --root $(KLIKE)/videos --out $(KLIKE)/shards --shard-mb 8
 	$(MAKE) --no-print-directory profile SHARDS=$(KLIKE)/shards ROOT=$(KLIKE)/videos
+
+# decord2 (optional extra "video", the fastest decoder of clip frames measured by bench-decoders) for the mp4 peers;
+# without it they decode with PyAV
+.PHONY: video bench-decoders
+video: setup
+	@if echo "$(LOADERS)" | grep -q mp4 && ! $(PY) -c "import decord" 2>/dev/null; then \
+	  $(PY) -m pip install --quiet -e '.[video]' || echo "decord2 could not be installed: the mp4 peers use PyAV"; fi
+
+# the mp4 decoders on the same frame sets (torchcodec is measured when installed, with FFmpeg's libraries)
+bench-decoders: setup
+	$(PY) -m tools.bench_video_decoders --root $(or $(ROOT),data/sample_kinetics) $(call opt,json,$(JSON))
 
 # FFCV (optional extra, the fastest published CPU image loader) for the profiler's ffcv peer
 .PHONY: ffcv

@@ -3,9 +3,9 @@
 - ``torch``: ``webdataset`` streams our shards in ``DataLoader`` workers; each sample's offsets
   table picks the 3 frames (same rule: ``pipeline.sampling.sample_triplet``), only those 3 JPEGs
   are decoded with PIL, and ``pipeline.torch_views`` makes the views.
-- ``mp4``: what existing codebases do: a ``DataLoader`` over the original video files; PyAV
-  seeks to the keyframe before the first wanted frame and decodes forward through the three
-  (the rule is applied to the source's frame count); then the same views.
+- ``mp4``: what existing codebases do: a ``DataLoader`` over the original video files; the
+  fastest decoder of ``pipeline.video_decode`` for triplets (PyAV, as measured) seeks to the keyframe before the wanted frames and decodes forward through them (the rule is
+  applied to the source's frame count); then the same views.
 
 Both yield the batch dicts of ``pipeline.loader`` (CPU tensors) plus ``decoded`` [B]: frames
 decoded to deliver each triplet. One loader epoch is ``cfg.repeat`` passes over the split.
@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import webdataset as wds
@@ -30,6 +29,7 @@ from pipeline.dataset import Split
 from pipeline.loader import seed_for
 from pipeline.sampling import sample_triplet
 from pipeline.torch_views import TorchViews
+from pipeline.video_decode import best_decoder, video_info
 
 
 def _rng(cfg: PipelineConfig, epoch: int, *words: int) -> np.random.Generator:
@@ -89,46 +89,14 @@ def rng_py(rng: np.random.Generator):
     return random.Random(int(rng.integers(2**31)))
 
 
-def _seek_decode(path: Path, targets: list[int]) -> tuple[list[Image.Image], int]:
-    """Frames ``targets`` (source frame numbers) of a video, and how many frames were decoded."""
-    out: dict[int, Image.Image] = {}
-    decoded = 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_count = 1
-        rate, tb = float(stream.average_rate), stream.time_base
-        start = stream.start_time or 0
-        first = min(targets)
-        container.seek(start + int(first / rate / tb), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            decoded += 1
-            idx = int(round(float((frame.pts - start) * tb) * rate))
-            if idx in targets and idx not in out:
-                out[idx] = frame.to_image()
-            if idx >= max(targets):
-                break
-    missing = [t for t in targets if t not in out]
-    if missing:
-        raise ValueError(f"video {path}: frames {missing} not found when decoding")
-    return [out[t] for t in targets], decoded
-
-
-def video_frame_count(path: Path) -> int:
-    """Frames in a video: the container's count, or duration × rate when it has none."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
-
-
 class VideoTriplets(Dataset):
     """The split's original videos (``source`` paths under ``root``), one triplet per item."""
 
-    def __init__(self, split: Split, cfg: PipelineConfig, root: str | Path, epoch: int):
+    def __init__(self, split: Split, cfg: PipelineConfig, root: str | Path, epoch: int, decoder: str = "auto"):
         self.split, self.cfg, self.root, self.epoch = split, cfg, Path(root), epoch
         self.order = np.concatenate([_rng(cfg, epoch).permutation(len(split.samples)) for _ in range(cfg.repeat)])
         self.frames: dict[int, int] = {}
+        self.decode = best_decoder(decoder, "triplets")[1]
 
     def __len__(self) -> int:
         return len(self.order)
@@ -140,14 +108,14 @@ class VideoTriplets(Dataset):
             raise ValueError(f"video {path}: missing (is --root the collection the shards were made from?)")
         sid = int(self.order[i])
         if sid not in self.frames:
-            self.frames[sid] = video_frame_count(path)
+            self.frames[sid] = video_info(str(path))[0]
         t = self.frames[sid]
         rng = _rng(self.cfg, self.epoch, i)
         torch.manual_seed(seed_for(self.cfg.seed, self.epoch, i, 2))
         frames = sample_triplet(t, rng, self.cfg.sampling, self.cfg.gap_min, self.cfg.gap_max)
         order = sorted(set(frames))
-        imgs, decoded = _seek_decode(path, order)
-        by_idx = dict(zip(order, imgs))
+        pixels, decoded = self.decode(path, order)
+        by_idx = {f: Image.fromarray(p.numpy()) for f, p in zip(order, pixels)}
         views = TorchViews(self.cfg)(*(by_idx[f] for f in frames))
         return {**views, "frame_idx": torch.tensor(frames), "num_frames": t, "label": ref.label_id,
                 "key": ref.key, "decoded": decoded}
@@ -157,12 +125,13 @@ class ReferenceLoader:
     """``iter_epoch`` over a DataLoader of ``ShardTriplets`` (torch) or ``VideoTriplets`` (mp4)."""
 
     def __init__(self, kind: str, cfg: PipelineConfig, split: Split, *, batch_size: int,
-                 num_workers: int, root: str | Path | None = None):
+                 num_workers: int, root: str | Path | None = None, decoder: str = "auto"):
         if kind == "mp4" and root is None:
             raise ValueError("the mp4 loader needs the source collection's root directory")
         self.kind, self.cfg, self.split, self.root = kind, cfg, split, root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.batches = len(split.samples) * cfg.repeat // batch_size
+        self.decoder = best_decoder(decoder, "triplets")[0] if kind == "mp4" else "PIL"
 
     def __len__(self) -> int:
         return self.batches
@@ -171,7 +140,7 @@ class ReferenceLoader:
         if self.kind == "torch":
             ds = ShardTriplets(self.split, self.cfg, epoch)
         else:
-            ds = VideoTriplets(self.split, self.cfg, self.root, epoch)
+            ds = VideoTriplets(self.split, self.cfg, self.root, epoch, self.decoder)
         dl = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
                         prefetch_factor=2 if self.num_workers else None)
         for b, batch in enumerate(dl):

@@ -85,17 +85,24 @@ def test_parallelism_is_capped_on_big_hosts(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_profile_clip_workloads(clip_shards, tmp_path) -> None:
+def test_profile_clip_workloads(clip_shards, sample_root, tmp_path) -> None:
     """Clip workloads: samples/s with their frames per sample; decoded/delivered 1 (CSTP), 2/3
-    (DualVar: c3 reuses c1's frames); no torch peer."""
+    (DualVar: c3 reuses c1's frames); the torch peer decodes each distinct frame once (at most
+    1), the mp4 peer decodes from keyframes (at least 1); dali-host is skipped."""
     out = tmp_path / "clips.json"
-    code = main(["--shards", str(clip_shards), "--loaders", "dali-range,torch", "--workloads", "cstp,dualvar",
+    code = main(["--shards", str(clip_shards), "--root", str(sample_root), "--loaders", "dali-range,torch,mp4,dali-host",
+                 "--workloads", "cstp,dualvar",
                  "--batches", "1", "--repeats", "1", "--warmup", "0", "--batch", "2", "--json", str(out),
                  "clip_size=16", "cstp.frames=4", "dualvar.frames=4"])
     assert code == 0
     report = json.loads(out.read_text())
     cstp, dualvar = (report["workloads"][w]["loaders"] for w in ("cstp", "dualvar"))
-    assert set(cstp["dali-range"]) >= KEYS and "skipped" in cstp["torch"]
+    assert set(cstp["dali-range"]) >= KEYS and "skipped" in cstp["dali-host"]
+    for name in ("torch", "mp4"):
+        assert set(cstp[name]) >= KEYS | {"decoder"} and set(dualvar[name]) >= KEYS
+        assert cstp[name]["frames_per_s"] == pytest.approx(8 * cstp[name]["triplets_per_s"])
+    assert 0 < cstp["torch"]["decoded_per_delivered"] <= 1.0 and dualvar["torch"]["decoded_per_delivered"] <= 2 / 3
+    assert cstp["mp4"]["decoded_per_delivered"] >= 1.0
     assert cstp["dali-range"]["frames_per_s"] == pytest.approx(8 * cstp["dali-range"]["triplets_per_s"])
     assert cstp["dali-range"]["decoded_per_delivered"] == 1.0
     assert dualvar["dali-range"]["decoded_per_delivered"] == pytest.approx(2 / 3)

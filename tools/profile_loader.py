@@ -2,7 +2,8 @@
 
 For each workload (``tcore``: the full T-CoRe view set; ``simple``: one random-resized crop per
 frame; ``dualvar``, ``cstp``, ``localglobal``: a clip method's clips, where a "triplet" below is
-one sample, its clips, and only the ``dali`` and ``dali-range`` loaders run) and each loader (``dali``, ``dali-range``, ``dali-host``, ``dali-host-whole``, ``torch``,
+one sample, its clips, and the ``dali``, ``dali-range``, ``torch`` and ``mp4`` loaders run:
+``pipeline.clip_reference``) and each loader (``dali``, ``dali-range``, ``dali-host``, ``dali-host-whole``, ``torch``,
 ``mp4``, ``ffcv``), after warm-up:
 triplets/s and frames/s (median of repeats), decoded frames per delivered frame, first-batch
 latency, CPU utilisation (share of all cores, the loader's process tree), CPU milliseconds per
@@ -50,12 +51,14 @@ import torch
 from model.device import resolve_device
 from pipeline.bench import dali_decode_rate, frame_bytes, measure, pil_decode_rate
 from pipeline.clip_plan import CLIP_WORKLOADS, layout_of
+from pipeline.clip_reference import ClipReferenceLoader
 from pipeline.config import PipelineConfig
 from pipeline.dataset import open_split, read_card
 from pipeline.loader import build_loader, parse_device
 from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
 from pipeline.reference import ReferenceLoader
+from pipeline.video_decode import DECODERS
 from tools.config import load_config, parse_overrides
 
 LOADERS = ["dali", "dali-range", "dali-range-unchecked", "dali-host", "dali-host-unchecked", "dali-host-whole", "torch",
@@ -89,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda when usable, else cpu), cpu, cuda or cuda:N; "
                     "cuda without a usable GPU is an error")
     ap.add_argument("--root", default=None, help="the source collection (for mp4; default: the sample tree)")
+    ap.add_argument("--mp4-decoder", default="auto", choices=["auto", *DECODERS],
+                    help="the mp4 peers' decoder (auto: the fastest installed, pipeline.video_decode)")
     ap.add_argument("--workers", type=int, default=None,
                     help=f"DataLoader/FFCV workers and range readers (default: cores, at most {MAX_PARALLEL} and the batch)")
     ap.add_argument("--json", default=None)
@@ -133,8 +138,8 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
                             "range_workers": args.workers, "verify_offsets": False,
                             "shuffle_buffer": min(base.shuffle_buffer, 2 * args.batch)})
     clips = workload in CLIP_WORKLOADS
-    if clips and name not in ("dali", "dali-range"):
-        return {"skipped": "clip workloads: the dali and dali-range loaders only (no host-side or peer clip loader)"}
+    if clips and name not in ("dali", "dali-range", "torch", "mp4"):
+        return {"skipped": "clip workloads: the dali, dali-range, torch and mp4 loaders only"}
     if name in DALI:
         cfg.read_mode, graph = DALI[name]
         cfg.frame_check = "none" if name.endswith("-unchecked") else cfg.frame_check
@@ -147,9 +152,15 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
         if name == "mp4" and (root is None or not Path(root).is_dir()):
             return {"skipped": "mp4 needs --root (the collection the shards were made from)"}
 
+        kind = ClipReferenceLoader if clips else ReferenceLoader
+        try:
+            ref = kind(name, cfg, split, batch_size=args.batch, num_workers=args.workers, root=root,
+                       decoder=args.mp4_decoder)
+        except ValueError as exc:  # a decoder that is not installed
+            return {"skipped": str(exc)}
+
         def make():
-            return ReferenceLoader(name, cfg, split, batch_size=args.batch, num_workers=args.workers,
-                                   root=root).iter_epoch(0)
+            return ref.iter_epoch(0)
     else:
         if workload != "simple":
             return {"skipped": "ffcv runs the simple workload only (pre-sampled frames, one crop each)"}
@@ -168,8 +179,11 @@ def run_one(name: str, workload: str, args, base: PipelineConfig, split, device:
         r["bytes_read_per_triplet"] = max(r["bytes_read_per_triplet"], path.stat().st_size / (len(split.samples) * repeat))
         return r
     frames = layout_of(cfg).delivered_frames if clips else 3
-    return measure(make, batch_size=args.batch, batches=batches, repeats=args.repeats, warmup=args.warmup,
-                   frames_per_sample=frames)
+    r = measure(make, batch_size=args.batch, batches=batches, repeats=args.repeats, warmup=args.warmup,
+                frames_per_sample=frames)
+    if name in ("torch", "mp4"):
+        r["decoder"] = ref.decoder
+    return r
 
 
 def ceiling(split, dali_device: str, device_id, workers: int) -> dict:
