@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +21,13 @@ def _last_metrics(path: Path) -> tuple[dict, dict]:
         return {}, {}
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return (lines[0], lines[-1]) if lines else ({}, {})
+
+
+def _prototypes(config: Path) -> int:
+    """The run's prototype count K from its saved config (0 when absent)."""
+    if not config.is_file():
+        return 0
+    return int((yaml.safe_load(config.read_text()).get("model") or {}).get("head_n_prototypes", 0))
 
 
 def rows(shards: Path, demo: Path) -> list[tuple[str, str, str]]:
@@ -39,8 +48,13 @@ def rows(shards: Path, demo: Path) -> list[tuple[str, str, str]]:
         out.append(("loader profile (tcore, triplets/s)", rates, str(demo / "profile.png")))
     first, last = _last_metrics(demo / "train" / "metrics.jsonl")
     if last:
-        out.append(("training (tiny ViT, CPU)", f"{last['step']} steps, loss {first['loss']:.2f} -> {last['loss']:.2f}",
-                    str(demo / "train")))
+        text = f"{last['step']} steps, loss {first['loss']:.2f} -> {last['loss']:.2f}"
+        k = _prototypes(demo / "train" / "config.yaml")
+        if k and "loss_dino" in last:
+            text += f"; L_DINO {last['loss_dino']:.2f} (ln K = {math.log(k):.2f}: uniform targets)"
+        if "stat_cls_std" in last:
+            text += f", class-token std {last['stat_cls_std']:.3f} (towards 0: collapse)"
+        out.append(("training (tiny ViT, CPU)", text, str(demo / "train")))
     init, trained = (_json(demo / f"eval_davis_{m}" / "summary.json") for m in ("init", "trained"))
     if init and trained:
         out.append(("label propagation, GENERATED digit videos (not comparable to real DAVIS)",
