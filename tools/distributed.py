@@ -15,6 +15,7 @@ Test-only fault injection: ``TCORE_FAULT_KILL_AT_STEP=S`` makes rank ``TCORE_FAU
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from model.checkpoint import load_latest_checkpoint, read_checkpoint
 from model.device import cuda_diagnosis, cuda_usable, resolve_device
@@ -137,3 +139,25 @@ def kill_once_for_test(step: int, rank: int, out: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wrap_for_training(net: torch.nn.Module, d: Dist, bucket_cap_mb: float, compile_: bool,
+                      broadcast_buffers: bool) -> torch.nn.Module:
+    """``net`` under DDP when there are several ranks, then ``torch.compile`` when asked."""
+    if d.world > 1:
+        net = DistributedDataParallel(net, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                                      bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True,
+                                      broadcast_buffers=broadcast_buffers)
+    return torch.compile(net) if compile_ else net
+
+
+def grad_scaler(d: Dist, precision: str) -> torch.amp.GradScaler | None:
+    """The fp16 loss scaler on the GPU; None otherwise (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler("cuda") if d.device.type == "cuda" and precision == "fp16" else None
+
+
+def autocast(d: Dist, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on the GPU; plain fp32 elsewhere."""
+    if d.device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

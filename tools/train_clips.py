@@ -11,7 +11,6 @@ rate for this iteration (scaled with the total batch), then the target's EMA upd
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,13 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import model.cstp
 import model.dualvar
 import model.localglobal
 from model.checkpoint import atomic_save
 from model.contrastive import MethodParts
-from tools.distributed import Dist
+from tools.distributed import Dist, autocast, grad_scaler, wrap_for_training
 
 MODULES: dict[str, ModuleType] = {"dualvar": model.dualvar, "cstp": model.cstp, "localglobal": model.localglobal}
 
@@ -69,22 +67,10 @@ def build(cfg: Any, method: str, d: Dist, iters_per_epoch: int, log=print) -> Cl
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     parts = MODULES[method].build(mcfg, d.device)
     opt = MODULES[method].make_optimizer(mcfg, parts)
-    net: torch.nn.Module = parts.student
-    if d.world > 1:
-        net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                  bucket_cap_mb=tc.ddp_bucket_cap_mb, gradient_as_bucket_view=True)
-    if tc.compile:
-        net = torch.compile(net)
-    scaler = torch.amp.GradScaler("cuda") if d.device.type == "cuda" and tc.precision == "fp16" else None
-    return ClipState(method, cfg, mcfg, d, parts, net, opt, scaler, iters_per_epoch, mcfg.epochs * iters_per_epoch)
-
-
-def autocast(st: ClipState) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the GPU; plain fp32 elsewhere."""
-    p = st.cfg.train.precision
-    if st.dist.device.type != "cuda" or p == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+    # BN buffers broadcast from rank 0 (DDP's default), as the CPU ranks keep plain BatchNorm
+    net = wrap_for_training(parts.student, d, tc.ddp_bucket_cap_mb, tc.compile, broadcast_buffers=True)
+    return ClipState(method, cfg, mcfg, d, parts, net, opt, grad_scaler(d, tc.precision), iters_per_epoch,
+                     mcfg.epochs * iters_per_epoch)
 
 
 def lr(st: ClipState, it: int) -> float:
@@ -99,7 +85,7 @@ def step(st: ClipState, batch: dict[str, Any], it: int) -> dict[str, torch.Tenso
     for g in st.opt.param_groups:
         g["lr"] = rate * g.get("lr_mult", 1.0)
     teacher = st.parts.teacher
-    with autocast(st):
+    with autocast(st.dist, st.cfg.train.precision):
         t_out = teacher(batch) if teacher is not None else None
         out = st.model(batch, t_out)
     st.opt.zero_grad(set_to_none=True)

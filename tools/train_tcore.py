@@ -6,14 +6,12 @@ calls these through ``METHODS["tcore"]``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.checkpoint import export_teacher, teacher_state_dict
 from model.masks import MaskMaker, host_masks
@@ -21,7 +19,7 @@ from model.optim import apply_schedules, build_adamw, param_groups
 from model.schedules import Schedules, scaled_lr
 from model.tcore import TCoReStudent, views_from_batch
 from model.teacher import Teacher
-from tools.distributed import Dist
+from tools.distributed import Dist, autocast, grad_scaler, wrap_for_training
 
 if TYPE_CHECKING:
     from tools.train import RunConfig
@@ -56,12 +54,8 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
     groups = param_groups(student.named_parameters(), len(student.backbone.blocks), tc.layerwise_decay,
                           tc.patch_embed_lr_mult, tc.pmm_lr_mult)
     opt = build_adamw(groups, fused=d.device.type == "cuda")
-    model: torch.nn.Module = student
-    if d.world > 1:
-        model = DDP(student, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                    bucket_cap_mb=tc.ddp_bucket_cap_mb, gradient_as_bucket_view=True, broadcast_buffers=False)
+    model = wrap_for_training(student, d, tc.ddp_bucket_cap_mb, tc.compile, broadcast_buffers=False)
     if tc.compile:
-        model = torch.compile(model)
         teacher.compile()  # in place: the networks' forward; state-dict keys unchanged
     total_batch = tc.batch_size_per_gpu * d.world
     sched = Schedules(
@@ -71,9 +65,7 @@ def build_state(cfg: RunConfig, d: Dist, iters_per_epoch: int) -> TrainState:
         final_momentum_teacher=tc.final_momentum_teacher, warmup_teacher_temp=tc.warmup_teacher_temp,
         teacher_temp=tc.teacher_temp, warmup_teacher_temp_epochs=tc.warmup_teacher_temp_epochs,
         freeze_last_layer_epochs=tc.freeze_last_layer_epochs)
-    use_scaler = d.device.type == "cuda" and tc.precision == "fp16"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    return TrainState(cfg, d, student, model, teacher, opt, scaler, sched, mask_maker(cfg, d))
+    return TrainState(cfg, d, student, model, teacher, opt, grad_scaler(d, tc.precision), sched, mask_maker(cfg, d))
 
 
 def mask_maker(cfg: RunConfig, d: Dist) -> MaskMaker:
@@ -83,14 +75,6 @@ def mask_maker(cfg: RunConfig, d: Dist) -> MaskMaker:
                              min_block=mc.mask_min_block, max_block_ratio=mc.mask_max_block_ratio,
                              aspect=mc.mask_block_aspect)
     return MaskMaker(make, lambda step: step_seed(tc.seed, d.rank, step) + 1, d.device)
-
-
-def autocast(st: TrainState) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on the GPU; plain fp32 elsewhere."""
-    p = st.cfg.train.precision
-    if st.dist.device.type != "cuda" or p == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -109,7 +93,7 @@ def train_step(st: TrainState, batch: dict[str, Any], step: int) -> dict[str, to
     grid = (views.current_global.shape[-2] // p, views.current_global.shape[-1] // p)
     with torch.profiler.record_function("masks"):  # built ahead on the host; here one copy
         mb = st.masks.get(step, views.current_global.shape[0], grid)
-    with autocast(st):
+    with autocast(st.dist, st.cfg.train.precision):
         t_cls, t_patch, stats = st.teacher.targets(views.current_global, mb, views.n_global, sv["teacher_temp"])
         out = st.model(views, mb, t_cls, t_patch)
     st.opt.zero_grad(set_to_none=True)
