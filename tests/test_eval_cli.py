@@ -77,7 +77,7 @@ def test_cli_davis_then_rescore(data, tmp_path: Path, capsys):
     assert run["timing"]["frames"] == 12 and run["timing"]["model_fps"] > 0
     printed = capsys.readouterr().out
     # generated data: no paper rows beside the score, and the table says so
-    assert "GENERATED" in printed and "64.7" not in printed and "this run" in printed
+    assert "GENERATED" in printed and "T-CoRe ViT-S/16" not in printed and "this run" in printed
     assert run["generated_data"].startswith("evaluation.synthetic")
     # the written results folder scores the same without a model
     again = tmp_path / "again"
