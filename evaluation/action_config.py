@@ -116,6 +116,7 @@ class ActionEvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backbone: str = "auto"  # auto (from the checkpoint) | tcore_vit | a model/video3d.py arch (r3d18, tiny, ...)
     workers: int = 2  # JPEG decoding threads of the clip source
+    clip_reader: Literal["auto", "dali", "pil"] = "auto"  # test clips: DALI graph (nvJPEG on a GPU) or PIL threads; auto: DALI on CUDA
     features: FeatureConfig = field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -127,6 +128,8 @@ class ActionEvalConfig:
             raise ValueError(f"task: '{self.task}' is not one of {', '.join(TASKS)}")
         if self.split not in (1, 2, 3):
             raise ValueError(f"split: official splits are 1, 2, 3, got {self.split}")
+        if self.clip_reader not in ("auto", "dali", "pil"):
+            raise ValueError(f"clip_reader: '{self.clip_reader}' is not one of auto, dali, pil")
         if self.workers < 1 or self.features.batch_videos < 1 or self.finetune.test_batch_videos < 1:
             raise ValueError("workers, features.batch_videos and finetune.test_batch_videos must be >= 1")
         if any(k < 1 for k in self.retrieval.ks) or not self.retrieval.ks:

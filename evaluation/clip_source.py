@@ -48,6 +48,19 @@ class ClipSource(Protocol):
         ...
 
 
+def make_clip_source(cfg: ClipConfig, reader: str, device: torch.device, workers: int) -> ClipSource:
+    """The clip source of an evaluation run: ``reader`` "dali" (``evaluation.dali_clips``: decoding
+    on ``device``, nvJPEG on a GPU), "pil" (``ShardClipSource``, threads on the CPU) or "auto"
+    (DALI on a GPU, PIL on the CPU, where it measured faster: README "Action recognition")."""
+    if reader not in ("auto", "dali", "pil"):
+        raise ValueError(f"clip_reader: '{reader}' is not one of auto, dali, pil")
+    if reader == "dali" or (reader == "auto" and device.type == "cuda"):
+        from evaluation.dali_clips import DaliClipSource
+
+        return DaliClipSource(cfg, device, workers)
+    return ShardClipSource(cfg, workers)
+
+
 def steps_per_epoch(num_videos: int, batch_size: int) -> int:
     """Training batches per epoch (the last incomplete one is dropped, as the papers' loaders do)."""
     return num_videos // batch_size

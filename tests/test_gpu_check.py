@@ -46,7 +46,7 @@ def test_every_part_runs_on_the_cpu(sample_shards, tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     assert code == 0, report["failures"]
     parts = report["parts"]
-    assert list(parts) == ["shards", "loader", "bench_train", "ddp", "propagation"]
+    assert list(parts) == ["shards", "loader", "bench_train", "ddp", "propagation", "action_features"]
     for mode in ("whole", "range"):
         entry = parts["loader"][mode]
         assert entry["batch"]["current_global"] == {"shape": [4, 2, 3, 64, 64], "dtype": "float32", "device": "cpu"}
@@ -60,4 +60,6 @@ def test_every_part_runs_on_the_cpu(sample_shards, tmp_path):
     assert ddp["world_size"] == 2 and len(set(ddp["param_checksums"])) == 1
     prop = parts["propagation"]
     assert prop["device"] == "cpu" and 0 <= prop["summary"]["J&F-Mean"] <= 1
+    action = parts["action_features"]
+    assert action["dali"]["device"] == action["pil"]["device"] == "cpu" and action["pil_over_dali_time"] > 0
     assert (out / "gpu_check.png").stat().st_size > 10_000

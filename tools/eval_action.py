@@ -129,11 +129,11 @@ def prepare(cfg: ActionEvalConfig, ckpt: str | None) -> Prepared:
 def shard_features(cfg: ActionEvalConfig, run: Prepared, console: Console) -> tuple[dict[str, np.ndarray], dict]:
     """Features of the split's train and test videos (cached), as the arrays of a features file."""
     from evaluation.action_features import cache_path, extract
-    from evaluation.clip_source import ShardClipSource
+    from evaluation.clip_source import make_clip_source
 
     ident = {k: v for k, v in run.identity.items() if k != "split"}  # one cache for all splits
     cache = cache_path(cfg.features, ident)
-    source = ShardClipSource(cfg.features.clips, cfg.workers)
+    source = make_clip_source(cfg.features.clips, cfg.clip_reader, run.device, cfg.workers)
     start = time.perf_counter()
     with _bar(console, "features") as bar:
         task = bar.add_task("videos", total=len(run.train) + len(run.test))
@@ -189,7 +189,7 @@ def write_predictions(path: Path, keys: list[str], labels: np.ndarray, probs: np
 
 def run_finetune(cfg: ActionEvalConfig, run: Prepared, out: Path, console: Console) -> tuple[dict, dict]:
     """Fine-tune the backbone on the split's train videos and test it; predictions.csv."""
-    from evaluation.clip_source import ShardClipSource
+    from evaluation.clip_source import make_clip_source
     from evaluation.finetune import finetune
 
     settings = {k: v for k, v in dataclasses.asdict(cfg.finetune).items() if k not in ("max_steps", "test_batch_videos")}
@@ -197,7 +197,7 @@ def run_finetune(cfg: ActionEvalConfig, run: Prepared, out: Path, console: Conso
     start = time.perf_counter()
     classes = run.shards.classes
     summary, probs = finetune(run.backbone, run.train, run.test, len(classes),
-                              ShardClipSource(cfg.finetune.clips, cfg.workers), cfg.finetune,
+                              make_clip_source(cfg.finetune.clips, cfg.clip_reader, run.device, cfg.workers), cfg.finetune,
                               RunDir(out, signature, console), run.device)
     write_predictions(out / "predictions.csv", [v.key for v in run.test], np.array([v.label for v in run.test]),
                       probs, classes)

@@ -12,7 +12,10 @@ makes the exit code 1):
   data_wait, peak memory, model FLOP/s and MFU;
 - ``ddp``: a 2-process DDP run of ``tools.train`` when 2 GPUs are visible (ranks must agree);
 - ``propagation``: DAVIS-style label propagation on the GPU with the benchmark's teacher, on the
-  generated set of ``evaluation.synthetic``.
+  generated set of ``evaluation.synthetic``;
+- ``action_features``: UCF101-retrieval features of the generated UCF101-layout set with an R3D-18,
+  once through the DALI clip reader on the device and once through the PIL reader: recall of
+  both (they must agree) and the extraction times.
 
 Without a usable CUDA device it stops at once with one line saying so (exit 2), before writing
 anything. It builds the sample shards itself (the ``make shards`` path) unless ``--shards`` is
@@ -54,6 +57,10 @@ class Sizes:
         # bench: 2 x (warm-up 5 + 2 windows x (settle 3 + 10 steps)) = 62 steps, 40 of them timed
         self.warmup, self.steps, self.windows = (1, 2, 1) if quick else (5, 10, 2)
         self.ddp_steps = 2 if quick else 20
+        # action features: DualVar's retrieval protocol on an R3D-18, or toy clips on the tiny 3D CNN
+        self.action = (["--backbone", "tiny", "features.clips.num_clips=2", "features.clips.clip_len=8",
+                        "features.clips.resize=[72,96]", "features.clips.crop=64"] if quick
+                       else ["--backbone", "r3d18", "features.batch_videos=8"])
 
 
 def run_config(sizes: Sizes, device: torch.device, out: Path, *overrides: str) -> RunConfig:
@@ -176,6 +183,37 @@ def part_propagation(sizes: Sizes, device: torch.device, out: Path) -> dict[str,
     return {"summary": summary, "timing": info["timing"], "device": info["device"], "failures": failures}
 
 
+def part_action_features(sizes: Sizes, device: torch.device, out: Path) -> dict[str, Any]:
+    """Retrieval features of the generated UCF101 set through the DALI clip reader on ``device``
+    and through the PIL reader: the same recall, and both readers' extraction times."""
+    from evaluation.action_synthetic import write_ucf101
+    from shards.cli import main as shards_main
+    from tools.eval_action import main as eval_main
+
+    root, shards = out / "eval_data" / "ucf101", out / "eval_data" / "ucf101_shards"
+    if not (shards / "action.json").is_file():
+        if not root.is_dir():
+            write_ucf101(root)
+        if shards_main(["--data", "ucf101", "--root", str(root), "--out", str(shards), "--workers", "4"]) != 0:
+            return {"failures": ["sharding the generated UCF101 set failed"]}
+    res: dict[str, Any] = {"failures": []}
+    for reader in ("dali", "pil"):
+        run = out / f"eval_ucf101_{reader}"
+        code = eval_main(["--task", "ucf101-retrieval", "--shards", str(shards), "--out", str(run), "--device",
+                          str(device), f"clip_reader={reader}", "features.cache_dir=", *sizes.action])
+        if code != 0:
+            res["failures"].append(f"tools.eval_action with clip_reader={reader} exited {code}")
+            continue
+        summary = json.loads((run / "summary.json").read_text())
+        info = json.loads((run / "run.json").read_text())
+        res[reader] = {"R@1": summary["R@1"], "features_s": info["features_s"], "device": info["device"]}
+    if not res["failures"] and abs(res["dali"]["R@1"] - res["pil"]["R@1"]) > 0.1:  # same clips up to resampling
+        res["failures"].append(f"R@1 differs between readers: dali {res['dali']['R@1']}, pil {res['pil']['R@1']}")
+    if not res["failures"]:
+        res["pil_over_dali_time"] = res["pil"]["features_s"] / res["dali"]["features_s"]
+    return res
+
+
 def part_gpu_tests() -> dict[str, Any]:
     """The ``gpu``-marked tests (CUDA only)."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests")]
@@ -227,6 +265,7 @@ def run_parts(args: argparse.Namespace, device: torch.device, out: Path) -> dict
         run_part(report, "bench_train", lambda: part_bench(sizes, device, shards, out))
         run_part(report, "ddp", lambda: part_ddp(sizes, device, shards, out))
         run_part(report, "propagation", lambda: part_propagation(sizes, device, out))
+    run_part(report, "action_features", lambda: part_action_features(sizes, device, out))
     report["failures"] = [f"{n}: {f}" for n, r in report["parts"].items() for f in r["failures"]]
     return report
 
