@@ -1,6 +1,6 @@
 """Does training learn? Random-init vs trained teacher on data that colour and position cannot solve.
 
-    python -m tools.learn_check [--out DIR] [--config PRESET] [--seeds 0,1] [key.sub=value ...]
+    python -m tools.learn_check [--out DIR] [--config PRESET] [--seeds 0,1] [--ceiling-steps N] [key.sub=value ...]
 
 Stages (each skipped when its output is already there, so a re-run resumes):
 1. the digit world (``evaluation.digits``): training clips and labelled held-out clips in the
@@ -10,7 +10,10 @@ Stages (each skipped when its output is already there, so a re-run resumes):
    ``python -m tools.train`` exactly as ``make train`` runs it;
 4. per seed and model: J&F of label propagation on the held-out videos and k-NN top-1 of the
    teacher's class token (gallery = training clips, queries = held-out clips); a raw-pixel
-   baseline for propagation.
+   baseline for propagation;
+5. with ``--ceiling-steps N``: the k-NN probe's supervised ceiling (``evaluation.ceiling``): the
+   first seed's initial backbone trained with the labels for N steps on the training clips, its
+   held-out top-1 beside the k-NN scores.
 
 Writes ``OUT/learn_check.json``, ``OUT/learn_check.png`` (loss terms, collapse monitors, metric
 bars) and prints a table. All scores are on generated data: they say whether the trainer learns,
@@ -54,6 +57,8 @@ class CheckConfig:
     knn_k: int = 20
     knn_frames: int = 3  # frames per clip averaged into its feature
     knn_size: tuple[int, int] = (64, 64)  # network input for k-NN: a square crop around the main digit
+    ceiling_steps: int = 0  # > 0: supervised ceiling of the k-NN probe, trained this many steps
+    ceiling_frames: int = 8  # frames per training clip the ceiling trains on
     davis_size: tuple[int, int] = (256, 320)  # propagation input: 2x the frames, as 480x880 is ~2x the training scale on real DAVIS
     overrides: list[str] = field(default_factory=list)  # trainer key.sub=value
 
@@ -213,6 +218,21 @@ def summarise(cfg: CheckConfig, runs: list[dict], pixels_jf: float, ln_k: float,
     }
 
 
+def ceiling(cfg: CheckConfig, shards: Path, boxes: dict, val: tuple, log) -> dict[str, float]:
+    """The k-NN probe's supervised ceiling from the first seed's initial teacher (kept when measured)."""
+    from evaluation.ceiling import supervised_ceiling
+    from model.checkpoint import load_teacher_backbone
+
+    path = Path(cfg.out) / f"ceiling_{cfg.ceiling_steps}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    backbone = load_teacher_backbone(Path(cfg.out) / f"seed{cfg.seeds[0]}" / "init" / "teacher.pth")
+    train = object_crops(shards, "train", boxes, cfg.ceiling_frames, cfg.knn_size)
+    res = supervised_ceiling(backbone, train, val, cfg.knn_size, steps=cfg.ceiling_steps, log=log)
+    path.write_text(json.dumps(res) + "\n")
+    return res
+
+
 def print_report(report: dict) -> None:
     """Random-init vs trained vs pixels, per seed and median, and the targets."""
     from rich.console import Console
@@ -235,6 +255,10 @@ def print_report(report: dict) -> None:
     console.print(table)
     for name, ok in report["targets"].items():
         console.print(f"  {'met ' if ok else 'MISSED'}  {name}")
+    if "ceiling" in report:
+        c = report["ceiling"]
+        console.print(f"  k-NN probe's supervised ceiling (the same backbone trained with the labels, {c['steps']} "
+                      f"steps): held-out top-1 {c['top1']:.3f}, training loss {c['train_loss']:.3f}")
 
 
 def plot(report: dict, out: Path) -> None:
@@ -279,10 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=CheckConfig.n_train, help="training clips to generate")
     ap.add_argument("--val", type=int, default=CheckConfig.n_val, help="held-out labelled clips (k-NN queries)")
     ap.add_argument("--davis", type=int, default=CheckConfig.n_davis, help="held-out DAVIS-layout videos")
+    ap.add_argument("--ceiling-steps", type=int, default=0,
+                    help="also train the backbone with the labels this many steps: the k-NN probe's ceiling")
     ap.add_argument("overrides", nargs="*", help="trainer key.sub=value overrides")
     args = ap.parse_args(argv)
     cfg = CheckConfig(out=args.out, config=args.config, seeds=[int(s) for s in args.seeds.split(",")],
-                      n_train=args.train, n_val=args.val, n_davis=args.davis, overrides=list(args.overrides))
+                      n_train=args.train, n_val=args.val, n_davis=args.davis, overrides=list(args.overrides),
+                      ceiling_steps=args.ceiling_steps)
     log = print
     world, shards = build_data(cfg, log)
     boxes = json.loads((world / "kinetics" / digits.BOXES).read_text())
@@ -299,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                       cfg.davis_size)
     dim = load_teacher_backbone(Path(cfg.out) / f"seed{cfg.seeds[0]}" / "init" / "teacher.pth").embed_dim
     report = summarise(cfg, runs, pixels, math.log(rc.model.head_n_prototypes), dim)
+    if cfg.ceiling_steps > 0:
+        report["ceiling"] = ceiling(cfg, shards, boxes, data["val"], log)
     out = Path(cfg.out)
     (out / "learn_check.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out)
