@@ -168,8 +168,10 @@ train: setup
 # does training learn? random-init vs trained teacher on generated data that colour and position
 # cannot solve (the digit world), 2 seeds; writes OUT/learn_check.json and .png (default out/learn_check)
 SEEDS ?= 0,1
+CEILING ?=
 learn-check: setup
 	$(PY) -m tools.learn_check $(if $(filter command line,$(origin OUT)),--out "$(OUT)") --seeds $(SEEDS) \
+	  $(if $(CEILING),--ceiling-steps $(CEILING)) \
 	  $(if $(filter command line,$(origin CONFIG)),--config "$(CONFIG)") $(TRAIN_OVERRIDES)
 
 bench-train: setup
