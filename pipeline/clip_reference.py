@@ -43,6 +43,7 @@ from pipeline.dataset import Split
 from pipeline.integrity import MJPEG_SIZE, fetch, sample_table
 from pipeline.range_source import EpochOrder, clip_stats
 from pipeline.video_decode import best_decoder, video_info
+from shards.card import has_checksums
 from shards.integrity import REASONS
 
 INTERP = {"cubic": v2.InterpolationMode.BICUBIC, "linear": v2.InterpolationMode.BILINEAR}
@@ -107,7 +108,7 @@ class ClipBatches(Dataset):
         self.layout = layout_of(cfg)
         self.tars = sorted({s.tar for s in split.samples})
         self.table = sample_table(split.samples, self.tars, split.damaged)
-        self.crc = cfg.frame_check != "none" and split.card.get("format_version", 1) >= 2
+        self.crc = cfg.frame_check != "none" and has_checksums(split.card)
         self.decoder = best_decoder(decoder) if kind == "mp4" else None
         self._fds: dict[int, int] = {}
 

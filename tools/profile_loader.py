@@ -59,6 +59,7 @@ from pipeline.params import BatchClock
 from pipeline.range_source import EpochOrder, RangeSource
 from pipeline.reference import ReferenceLoader
 from pipeline.video_decode import DECODERS
+from shards.card import has_checksums
 from tools.config import load_config, parse_overrides
 
 LOADERS = ["dali", "dali-range", "dali-range-unchecked", "dali-host", "dali-host-unchecked", "dali-host-whole", "torch",
@@ -205,7 +206,7 @@ def check_cost(split, base: PipelineConfig, batch: int, rounds: int = 400) -> di
         cfg = replace(base, frame_check=check, read_mode="range")
         order = EpochOrder(len(split.samples), cfg.seed, 0, 1, nb * batch)
         sources[check] = RangeSource(cfg, split, order, BatchClock(0, 0, nb), min(batch, len(split.samples)),
-                                     (cfg.seed, 0), bool(split.card.get("format_version", 1) >= 2))
+                                     (cfg.seed, 0), has_checksums(split.card))
     times: dict[str, list[float]] = {k: [] for k in sources}
     for r in range(rounds):
         epoch, b = divmod(r // 2, nb)
