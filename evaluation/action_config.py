@@ -18,6 +18,7 @@ from typing import Literal
 DATASETS = ("ucf101", "hmdb51")
 PROTOCOLS = ("retrieval", "linear", "finetune")
 TASKS = {f"{d}-{p}": (d, p) for d in DATASETS for p in PROTOCOLS}
+CLIP_READERS = ("auto", "dali", "pil")  # evaluation.clip_source.make_clip_source
 
 
 @dataclass
@@ -128,8 +129,8 @@ class ActionEvalConfig:
             raise ValueError(f"task: '{self.task}' is not one of {', '.join(TASKS)}")
         if self.split not in (1, 2, 3):
             raise ValueError(f"split: official splits are 1, 2, 3, got {self.split}")
-        if self.clip_reader not in ("auto", "dali", "pil"):
-            raise ValueError(f"clip_reader: '{self.clip_reader}' is not one of auto, dali, pil")
+        if self.clip_reader not in CLIP_READERS:
+            raise ValueError(f"clip_reader: '{self.clip_reader}' is not one of {', '.join(CLIP_READERS)}")
         if self.workers < 1 or self.features.batch_videos < 1 or self.finetune.test_batch_videos < 1:
             raise ValueError("workers, features.batch_videos and finetune.test_batch_videos must be >= 1")
         if any(k < 1 for k in self.retrieval.ks) or not self.retrieval.ks:

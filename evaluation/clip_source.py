@@ -26,7 +26,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from evaluation.action_config import ClipConfig
+from evaluation.action_config import CLIP_READERS, ClipConfig
 from evaluation.action_data import Video, random_clip, uniform_clips
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
@@ -52,8 +52,8 @@ def make_clip_source(cfg: ClipConfig, reader: str, device: torch.device, workers
     """The clip source of an evaluation run: ``reader`` "dali" (``evaluation.dali_clips``: decoding
     on ``device``, nvJPEG on a GPU), "pil" (``ShardClipSource``, threads on the CPU) or "auto"
     (DALI on a GPU, PIL on the CPU, where it measured faster: README "Action recognition")."""
-    if reader not in ("auto", "dali", "pil"):
-        raise ValueError(f"clip_reader: '{reader}' is not one of auto, dali, pil")
+    if reader not in CLIP_READERS:
+        raise ValueError(f"clip_reader: '{reader}' is not one of {', '.join(CLIP_READERS)}")
     if reader == "dali" or (reader == "auto" and device.type == "cuda"):
         from evaluation.dali_clips import DaliClipSource
 

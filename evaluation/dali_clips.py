@@ -32,9 +32,7 @@ from nvidia.dali import fn, pipeline_def, types
 from evaluation.action_config import ClipConfig
 from evaluation.action_data import Video, uniform_clips
 from evaluation.clip_source import ShardClipSource
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from evaluation.knn import MEAN, STD
 
 
 def centre_roi(cfg: ClipConfig) -> tuple[list[float], list[float]]:
@@ -83,22 +81,20 @@ class DaliClipSource:
         self.cfg, self.device, self.workers, self.hw_decoder_load = cfg, device, workers, hw_decoder_load
         self.cpu_source = ShardClipSource(cfg, workers)
         self.reader = ThreadPoolExecutor(1)
-        self._pipes: dict[int, object] = {}
-        self._max_frames = 0
+        self._built: tuple[int, object] | None = None  # (frames per run, the graph built for it)
 
     def _pipe(self, max_frames: int):
-        """A built graph that takes up to ``max_frames`` frames per run (one per batch size asked)."""
-        if max_frames not in self._pipes:
+        """A built graph that takes up to ``max_frames`` frames per run (rebuilt when that changes)."""
+        if self._built is None or self._built[0] != max_frames:
             gpu = self.device.type == "cuda"
             pipe = eval_frame_graph(self.cfg, "gpu" if gpu else "cpu", self.hw_decoder_load, batch_size=max_frames,
                                     num_threads=self.workers, device_id=(self.device.index or 0) if gpu else None,
                                     seed=0, prefetch_queue_depth=1, exec_dynamic=True)
             pipe.build()
-            self._pipes = {max_frames: pipe}  # one graph at a time
-        return self._pipes[max_frames]
+            self._built = (max_frames, pipe)
+        return self._built[1]
 
-    def _decode(self, jpegs: list[np.ndarray], index: np.ndarray) -> torch.Tensor:
-        pipe = self._pipe(self._max_frames)
+    def _decode(self, pipe, jpegs: list[np.ndarray], index: np.ndarray) -> torch.Tensor:
         pipe.feed_input("jpegs", jpegs)
         if self.device.type == "cuda":
             (out,) = pipe.run(cuda_stream=torch.cuda.current_stream(self.device))
@@ -112,13 +108,13 @@ class DaliClipSource:
         chunks = [list(videos[i:i + batch_videos]) for i in range(0, len(videos), batch_videos)]
         if not chunks:
             return
-        self._max_frames = batch_videos * self.cfg.num_clips * self.cfg.clip_len
+        pipe = self._pipe(batch_videos * self.cfg.num_clips * self.cfg.clip_len)
         pending = self.reader.submit(read_chunk, chunks[0], self.cfg)
         for k, chunk in enumerate(chunks):
             jpegs, index = pending.result()
             if k + 1 < len(chunks):
                 pending = self.reader.submit(read_chunk, chunks[k + 1], self.cfg)
-            yield chunk, self._decode(jpegs, index)
+            yield chunk, self._decode(pipe, jpegs, index)
 
     def train_batches(self, videos: Sequence[Video], batch_size: int, epoch: int, seed: int,
                       skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
