@@ -9,7 +9,11 @@ frames: cross-entropy, AdamW, a random shift of up to 1/10 of the side and a hor
 image. It reports the held-out top-1 (softmax averaged over each clip's frames) and the training
 loss at the end. A ceiling reached by memorising the training clips (training loss near 0,
 held-out top-1 near chance) means that the probe cannot show learning at this data size, whatever
-the objective.
+the objective. The learning check also runs it on clean renderings of the same digit scans, so a
+ceiling at chance can be told apart from a training recipe that cannot learn digits at all.
+
+The default lr (3e-4, no warm-up) is the better of the two tried for the small preset's ViT on the
+clean digits: after 400 steps, held-out top-1 0.32 at 3e-4 against 0.17 at 1e-3.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def clip_top1(backbone: nn.Module, head: nn.Module, crops: Tensor, labels: Tenso
 
 
 def supervised_ceiling(backbone: nn.Module, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-                       size: tuple[int, int], steps: int = 1600, batch: int = 64, lr: float = 1e-3, seed: int = 0,
+                       size: tuple[int, int], steps: int = 1600, batch: int = 64, lr: float = 3e-4, seed: int = 0,
                        log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Train ``backbone`` + a linear head on ``train`` (crops, labels) for ``steps``; returns
     ``{"top1", "train_loss", "steps", "seconds"}`` (top-1 on ``val``, loss of the last 10 % of steps)."""

@@ -127,11 +127,16 @@ def background(rng: np.random.Generator, hw: tuple[int, int], scans: np.ndarray)
     return canvas + rng.normal(0, 6, (*hw, 1)).astype(np.float32)
 
 
+def pick_scan(rng: np.random.Generator, labels: np.ndarray, label: int | None = None) -> int:
+    """Index of a scan of class ``label`` (any class when None): the first draw ``make_mover`` makes."""
+    pool = np.flatnonzero(labels == label) if label is not None else np.arange(len(labels))
+    return int(rng.choice(pool))
+
+
 def make_mover(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, n: int,
                size_range: tuple[int, int], label: int | None = None) -> Mover:
     """A digit of class ``label`` (any when None) crossing part of the frame over ``n`` frames."""
-    pool = np.flatnonzero(labels == label) if label is not None else np.arange(len(labels))
-    i = int(rng.choice(pool))
+    i = pick_scan(rng, labels, label)
     s0, s1 = rng.uniform(*size_range), rng.uniform(*size_range)
     h, w = HW
     start = np.array([rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.25 * w, 0.75 * w)])
@@ -223,6 +228,22 @@ def scan_split(held_out: bool) -> tuple[np.ndarray, np.ndarray]:
     scans, labels = load_digits()
     part = slice(TRAIN_SCANS, None) if held_out else slice(0, TRAIN_SCANS)
     return scans[part], labels[part]
+
+
+def clean_crops(n: int, held_out: bool, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The main digits of the first ``n`` clips of a split (the scans ``write_kinetics`` draws for
+    them) drawn clean: white on black, upright, centred, filling 3/4 of a ``size``² square, with no
+    texture, clutter, motion or lighting. uint8 ``[n, 1, 3, size, size]`` and labels ``[n]``: the
+    same shapes the world's k-NN crops are built to, for a sanity check of the supervised ceiling."""
+    scans, labels = scan_split(held_out)
+    out = np.zeros((n, 1, 3, size, size), dtype=np.uint8)
+    for i in range(n):
+        k = pick_scan(np.random.default_rng([seed, int(held_out), i]), labels, i % 10)
+        canvas = np.zeros((size, size, 3), dtype=np.float32)
+        paste(canvas, glyph_alpha(scans[k], round(size * 0.75), 0.0), np.full((size, size, 3), 255.0, np.float32),
+              size / 2, size / 2)
+        out[i, 0] = canvas.round().astype(np.uint8).transpose(2, 0, 1)
+    return out, np.arange(n) % 10
 
 
 def write_kinetics(root: str | Path, n_train: int = 192, n_val: int = 96, frames: int = 40,

@@ -60,6 +60,22 @@ def test_davis_layout_masks_follow_occluding_digits(tmp_path):
         assert (ids[0] != ids[-1]).mean() > 0.01
 
 
+def test_clean_crops_draw_the_world_clips_own_scans():
+    crops, labels = digits.clean_crops(12, held_out=True, size=32)
+    assert crops.shape == (12, 1, 3, 32, 32) and crops.dtype == np.uint8
+    assert labels.tolist() == [i % 10 for i in range(12)]
+    scans, scan_labels = digits.scan_split(held_out=True)
+    for i in (0, 7):
+        # the scan write_kinetics gives held-out clip i is the first draw of that clip's generator
+        mover = digits.make_mover(np.random.default_rng([0, 1, i]), scans, scan_labels, 4, (48, 80), i % 10)
+        glyph = digits.glyph_alpha(mover.scan, 24, 0.0) > 0.5
+        assert mover.label == labels[i]
+        assert np.array_equal(crops[i, 0, 0, 4:28, 4:28] > 127, glyph)
+    # white strokes on black, no colour: all three channels equal, both levels present
+    assert (crops[:, :, 0] == crops[:, :, 2]).all() and crops.max() == 255 and crops.min() == 0
+    assert not np.array_equal(crops, digits.clean_crops(12, held_out=False, size=32)[0])
+
+
 def test_square_box_stays_inside_the_frame():
     from tools.learn_check import square_box
 
