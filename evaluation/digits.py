@@ -237,13 +237,13 @@ def clean_crops(n: int, held_out: bool, size: int = 64, seed: int = 0) -> tuple[
     same shapes the world's k-NN crops are built to, for a sanity check of the supervised ceiling."""
     scans, labels = scan_split(held_out)
     out = np.zeros((n, 1, 3, size, size), dtype=np.uint8)
-    for i in range(n):
-        k = pick_scan(np.random.default_rng([seed, int(held_out), i]), labels, i % 10)
+    picked = [pick_scan(np.random.default_rng([seed, int(held_out), i]), labels, i % 10) for i in range(n)]
+    for i, k in enumerate(picked):
         canvas = np.zeros((size, size, 3), dtype=np.float32)
         paste(canvas, glyph_alpha(scans[k], round(size * 0.75), 0.0), np.full((size, size, 3), 255.0, np.float32),
               size / 2, size / 2)
         out[i, 0] = canvas.round().astype(np.uint8).transpose(2, 0, 1)
-    return out, np.arange(n) % 10
+    return out, labels[picked]
 
 
 def write_kinetics(root: str | Path, n_train: int = 192, n_val: int = 96, frames: int = 40,
